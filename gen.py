@@ -1,0 +1,239 @@
+"""Step 1 of the guide: generate the RSA key pair, and rotate keys the way real issuers do.
+
+Without options, writes a new current key: ``.private.key`` (PKCS#8 PEM encrypted with the
+passphrase, PBES2 + AES-256-CBC, mode 0600) and ``.public.key.pem`` (SPKI PEM). Rotation:
+``--next`` publishes a next key, ``--promote`` makes it current and retires the old one,
+``--prune`` removes retired keys once no token they signed can still be accepted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from datetime import UTC, datetime
+
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from config import PRIVATE_KEY_FILE, PUBLIC_KEY_FILE, AppError, Config, load_config
+from keystore import (
+    KEYRING_FILE,
+    NEXT_PRIVATE_KEY_FILE,
+    KeyRecord,
+    Keyring,
+    apply_changes,
+    encrypted_pem,
+    keyring_document,
+    locked,
+    parse_time,
+    public_pem,
+    read_keyring,
+    thumbprint,
+    utc_now,
+)
+from verify import DEFAULT_MAX_AGE
+
+MIN_BITS = 2048
+PUBLIC_EXPONENT = 65537
+
+
+def _new_key(bits: int, kid_option: str | None, config: Config) -> tuple[bytes, KeyRecord]:
+    """Generate a key; return its encrypted PEM and its ring record (state ``current``)."""
+    private_key = rsa.generate_private_key(public_exponent=PUBLIC_EXPONENT, key_size=bits)
+    public_key = private_key.public_key()
+    print_ = thumbprint(public_key)
+    kid = print_ if kid_option == "thumbprint" else kid_option or config.kid
+    record = KeyRecord("current", kid, utc_now(), print_, public_pem(public_key))
+    return encrypted_pem(private_key, config.passphrase), record
+
+
+def _has_keys(config: Config) -> bool:
+    names = (PRIVATE_KEY_FILE, PUBLIC_KEY_FILE, KEYRING_FILE, NEXT_PRIVATE_KEY_FILE)
+    return any((config.keys_dir / name).exists() for name in names)
+
+
+def create(config: Config, bits: int, kid: str | None, force: bool) -> KeyRecord:
+    """Write one new current key, replacing every key only if ``force``.
+
+    Raises AppError if keys exist and ``force`` is false.
+    """
+    if _has_keys(config) and not force:
+        raise AppError(
+            f"keys already exist in {config.keys_dir}: replacing them invalidates every token "
+            "already issued; run gen.py --force to replace them"
+        )
+    private_pem, record = _new_key(bits, kid, config)
+    apply_changes(config.keys_dir, {
+        KEYRING_FILE: keyring_document((record,)),
+        PUBLIC_KEY_FILE: record.public_pem.encode(),
+        PRIVATE_KEY_FILE: private_pem,
+        NEXT_PRIVATE_KEY_FILE: None,
+    })  # fmt: skip
+    return record
+
+
+def add_next(config: Config, ring: Keyring, bits: int, kid: str | None) -> KeyRecord:
+    """Add a next key: published in the JWKS, not yet used to sign.
+
+    Raises AppError if there is no current key, already a next key, or the ``kid`` is taken.
+    """
+    if ring.find("current") is None or not config.private_key_path.exists():
+        raise AppError(f"no current key in {config.keys_dir}: run gen.py first")
+    if ring.find("next") is not None:
+        raise AppError("there is already a next key: run gen.py --promote first")
+    private_pem, record = _new_key(bits, kid, config)
+    if any(r.kid == record.kid for r in ring.records):
+        raise AppError(f"kid {record.kid!r} is already in use: choose another with --kid")
+    record = KeyRecord("next", record.kid, record.created, record.thumbprint, record.public_pem)
+    apply_changes(config.keys_dir, {
+        NEXT_PRIVATE_KEY_FILE: private_pem,
+        KEYRING_FILE: keyring_document((*ring.records, record)),
+    })  # fmt: skip
+    return record
+
+
+def promote(config: Config, ring: Keyring) -> KeyRecord:
+    """Make the next key current and retire the current one (its private key is deleted).
+
+    Raises AppError if there is no next key.
+    """
+    new, old = ring.find("next"), ring.find("current")
+    next_path = config.keys_dir / NEXT_PRIVATE_KEY_FILE
+    if new is None or not next_path.exists():
+        raise AppError("there is no next key to promote: run gen.py --next first")
+    others = tuple(r for r in ring.records if r.state == "retired")
+    promoted = KeyRecord("current", new.kid, new.created, new.thumbprint, new.public_pem)
+    records = (promoted, *others)
+    if old is not None:
+        retired = KeyRecord(
+            "retired", old.kid, old.created, old.thumbprint, old.public_pem, retired=utc_now()
+        )
+        records = (promoted, retired, *others)
+    # The order keeps every moment consistent for readers: the ring lists both keys before
+    # the current files change, and the old private key goes only when the new one is in.
+    apply_changes(config.keys_dir, {
+        KEYRING_FILE: keyring_document(records),
+        PUBLIC_KEY_FILE: new.public_pem.encode(),
+        PRIVATE_KEY_FILE: next_path.read_bytes(),
+        NEXT_PRIVATE_KEY_FILE: None,
+    })  # fmt: skip
+    return promoted
+
+
+def prune(config: Config, ring: Keyring, force: bool, now: datetime) -> list[KeyRecord]:
+    """Remove retired keys older than the maximum token age (all of them if ``force``).
+
+    Raises AppError, saying how long is left, if a retired key is too young and not ``force``.
+    """
+    retired = [r for r in ring.records if r.state == "retired"]
+    for record in retired:
+        left = DEFAULT_MAX_AGE - (now - parse_time(record.retired or record.created)).total_seconds()
+        if left > 0 and not force:
+            raise AppError(
+                f"retired key {record.kid!r} may still verify tokens for {left / 3600:.1f} h "
+                f"({left:.0f} s): wait, or run gen.py --prune --force"
+            )
+    if retired:
+        kept = tuple(r for r in ring.records if r.state != "retired")
+        apply_changes(config.keys_dir, {KEYRING_FILE: keyring_document(kept)})
+    return retired
+
+
+def list_keys(ring: Keyring) -> list[str]:
+    """One line per key: state, kid, creation time, thumbprint."""
+    order = {state: i for i, state in enumerate(("next", "current", "retired"))}
+    return [
+        f"{r.state:<8} {r.kid}  created {r.created}  thumbprint {r.thumbprint}"
+        for r in sorted(ring.records, key=lambda r: order[r.state])
+    ]
+
+
+def _bits(text: str) -> int:
+    try:
+        bits = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if bits < MIN_BITS:
+        raise argparse.ArgumentTypeError(f"at least {MIN_BITS} bits are needed, not {bits}")
+    return bits
+
+
+def _kid(text: str) -> str:
+    if not text.strip() or not text.isprintable() or len(text) > 256:
+        raise argparse.ArgumentTypeError("a kid is 1 to 256 printable characters")
+    return text
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of step 1."""
+    parser = argparse.ArgumentParser(
+        prog="gen.py",
+        description="Step 1: generate the encrypted RSA key pair in the keys folder "
+        "($JWT_KEYS_DIR, default keys/), or rotate keys.",
+    )
+    action = parser.add_mutually_exclusive_group()
+    action.add_argument("--next", action="store_true", help="add a next key: published, not yet signing")
+    action.add_argument("--promote", action="store_true", help="next key becomes current; current is retired")
+    action.add_argument("--prune", action="store_true", help="remove retired keys older than 1 day (the max token age)")
+    action.add_argument("--list", action="store_true", help="list keys: state, kid, creation time, thumbprint")
+    parser.add_argument(
+        "--force", action="store_true",
+        help="replace every key with one new key (with --prune: prune before 1 day has passed)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--kid", type=_kid, metavar="KID",
+        help="kid of the new key; 'thumbprint' uses its RFC 7638 thumbprint "
+        "(default: $JWT_KID, else my-key-id)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--bits", type=_bits, default=4096,
+        help=f"RSA modulus size, at least {MIN_BITS} (default: 4096)",
+    )  # fmt: skip
+    return parser
+
+
+def _run(args: argparse.Namespace, config: Config) -> None:
+    config.keys_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    with locked(config.keys_dir):
+        if not (args.next or args.promote or args.prune or args.list):
+            create(config, args.bits, args.kid, args.force)
+            print("Private and Public Keys are generated")
+            print(f"  private key: {config.private_key_path}")
+            print(f"  public key:  {config.public_key_path}")
+            return
+        ring = read_keyring(config.keys_dir, config.kid)
+        if args.list:
+            print("\n".join(list_keys(ring)) or f"no keys in {config.keys_dir}: run gen.py")
+        elif args.next:
+            record = add_next(config, ring, args.bits, args.kid)
+            print(f"Next key {record.kid!r} is generated and published; it signs after --promote")
+        elif args.promote:
+            record = promote(config, ring)
+            print(f"Key {record.kid!r} is now current; the previous key is retired")
+        else:
+            pruned = prune(config, ring, args.force, datetime.now(UTC))
+            names = ", ".join(repr(r.kid) for r in pruned)
+            print(f"Pruned retired keys: {names}" if pruned else "No retired keys to prune")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run step 1; return the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.kid and (args.promote or args.prune or args.list):
+        parser.error("--kid goes with generating a key (no option, --force or --next)")
+    if args.force and (args.next or args.promote or args.list):
+        parser.error("--force goes alone or with --prune")
+    try:
+        _run(args, load_config())
+    except AppError as e:
+        print(f"gen: {e}", file=sys.stderr)
+        return e.exit_code
+    except OSError as e:
+        print(f"gen: cannot write to the keys folder: {e.strerror} ({e.filename})", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,106 @@
+"""Step 2 of the guide: sign an RS256 JWT with the encrypted private key.
+
+The header is ``{"alg": "RS256", "typ": "JWT", "kid": <kid of the current key>}``; the claims
+are the payload followed by ``iat`` (now), ``exp`` (``iat`` + lifetime) and ``iss``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import jwt
+
+from config import AppError, Config, UsageError, load_config, parse_duration
+from keystore import apply_changes, load_private_key, read_keyring, thumbprint
+from verify import ALGORITHM
+
+DEFAULT_PAYLOAD: dict[str, Any] = {"userId": "a-b-c-d"}
+RESERVED_CLAIMS = ("iat", "exp", "iss")
+
+
+def make_claims(payload: dict[str, Any], issuer: str, expires_in: int, now: int) -> dict[str, Any]:
+    """The payload followed by ``iat``, ``exp`` and ``iss``.
+
+    Raises UsageError if the payload sets one of those three itself.
+    """
+    reserved = [name for name in RESERVED_CLAIMS if name in payload]
+    if reserved:
+        raise UsageError(f"--payload may not set {', '.join(reserved)}: sign.py sets them")
+    return {**payload, "iat": now, "exp": now + expires_in, "iss": issuer}
+
+
+def sign_token(config: Config, claims: dict[str, Any]) -> str:
+    """Sign ``claims`` with the current private key, under that key's ``kid``.
+
+    Raises UsageError if there is no private key, AppError if it cannot be decrypted.
+    """
+    key = load_private_key(config.private_key_path, config.passphrase)
+    ring = read_keyring(config.keys_dir, config.kid)
+    # The kid is the one recorded for this very key, found by its thumbprint.
+    kid = ring.kid_for(thumbprint(key.public_key())) or config.kid
+    return jwt.encode(claims, key, algorithm=ALGORITHM, headers={"kid": kid, "typ": "JWT"})
+
+
+def _payload(text: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"not valid JSON: {e}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("must be a JSON object, like '{\"userId\": \"a-b-c-d\"}'")
+    return value
+
+
+def _duration(text: str) -> int:
+    try:
+        return parse_duration(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of step 2."""
+    parser = argparse.ArgumentParser(
+        prog="sign.py",
+        description="Step 2: sign an RS256 JWT with the private key and save it to token.txt.",
+    )
+    parser.add_argument(
+        "--payload", type=_payload, default=DEFAULT_PAYLOAD, metavar="JSON",
+        help='claims to sign, a JSON object (default: {"userId": "a-b-c-d"}); '
+        "iat, exp and iss are added",
+    )  # fmt: skip
+    parser.add_argument(
+        "--expires-in", type=_duration, metavar="DURATION",
+        help="lifetime of this token: seconds, or 30s, 15m, 2h, 1d "
+        "(default: $JWT_EXPIRES_IN, else 1 day)",
+    )  # fmt: skip
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run step 2; return the exit code."""
+    args = build_parser().parse_args(argv)
+    try:
+        config = load_config()
+        claims = make_claims(
+            args.payload, config.issuer, args.expires_in or config.expires_in, int(time.time())
+        )
+        token = sign_token(config, claims)
+        apply_changes(config.keys_dir, {config.token_path.name: f"{token}\n".encode()})
+    except AppError as e:
+        print(f"sign: {e}", file=sys.stderr)
+        return e.exit_code
+    except OSError as e:
+        print(f"sign: cannot write {e.filename}: {e.strerror}", file=sys.stderr)
+        return 1
+    print(f"Signed token: {token}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-DEFAULT_PASSPHRASE = "some-secret-phrase"
+DEFAULT_PASSPHRASE = "some-secret-phrase"  # noqa: S105 (the guide's public default)
 DEFAULT_KID = "my-key-id"
 DEFAULT_ISSUER = "my-issuer-name"
 DEFAULT_EXPIRES_IN = 24 * 60 * 60
@@ -22,7 +22,7 @@ DEFAULT_TOKEN_CACHE_SIZE = 10_000
 
 PRIVATE_KEY_FILE = ".private.key"
 PUBLIC_KEY_FILE = ".public.key.pem"
-TOKEN_FILE = "token.txt"
+TOKEN_FILE = "token.txt"  # noqa: S105 (a file name)
 
 _UNITS = {
     "s": 1, "sec": 1, "secs": 1, "second": 1, "seconds": 1,

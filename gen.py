@@ -127,7 +127,8 @@ def prune(config: Config, ring: Keyring, force: bool, now: datetime) -> list[Key
     """
     retired = [r for r in ring.records if r.state == "retired"]
     for record in retired:
-        left = DEFAULT_MAX_AGE - (now - parse_time(record.retired or record.created)).total_seconds()
+        age = now - parse_time(record.retired or record.created)
+        left = DEFAULT_MAX_AGE - age.total_seconds()
         if left > 0 and not force:
             raise AppError(
                 f"retired key {record.kid!r} may still verify tokens for {left / 3600:.1f} h "
@@ -172,10 +173,13 @@ def build_parser() -> argparse.ArgumentParser:
         "($JWT_KEYS_DIR, default keys/), or rotate keys.",
     )
     action = parser.add_mutually_exclusive_group()
-    action.add_argument("--next", action="store_true", help="add a next key: published, not yet signing")
-    action.add_argument("--promote", action="store_true", help="next key becomes current; current is retired")
-    action.add_argument("--prune", action="store_true", help="remove retired keys older than 1 day (the max token age)")
-    action.add_argument("--list", action="store_true", help="list keys: state, kid, creation time, thumbprint")
+    for flag, text in (
+        ("--next", "add a next key: published in the JWKS, not yet signing"),
+        ("--promote", "the next key becomes current; the current one is retired"),
+        ("--prune", "remove retired keys retired over 1 day ago (the maximum token age)"),
+        ("--list", "list keys: state, kid, creation time (UTC), RFC 7638 thumbprint"),
+    ):
+        action.add_argument(flag, action="store_true", help=text)
     parser.add_argument(
         "--force", action="store_true",
         help="replace every key with one new key (with --prune: prune before 1 day has passed)",

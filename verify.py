@@ -161,6 +161,11 @@ def _is_number(value: Any) -> bool:
     )
 
 
+def _number(claims: dict[str, Any], name: str) -> float | None:
+    value = claims.get(name)
+    return value if _is_number(value) else None
+
+
 def claim_failures(
     claims: dict[str, Any], policy: Policy, now: float
 ) -> Iterator[VerificationError]:
@@ -173,15 +178,16 @@ def claim_failures(
             yield VerificationError("malformed", f"{name} is not a NumericDate")
     if "iss" in claims and claims["iss"] != policy.issuer:
         yield VerificationError("issuer", f"{claims['iss']!r} is not {policy.issuer!r}")
-    exp, iat, nbf = (claims.get(name) for name in TIME_CLAIMS)
-    if _is_number(nbf) and nbf > now + policy.leeway:
+    exp, iat, nbf = (_number(claims, name) for name in TIME_CLAIMS)
+    if nbf is not None and nbf > now + policy.leeway:
         yield VerificationError("not yet valid", f"nbf is {nbf - now:.0f}s in the future")
-    if _is_number(iat) and iat > now + policy.leeway:
+    if iat is not None and iat > now + policy.leeway:
         yield VerificationError("not yet valid", f"iat is {iat - now:.0f}s in the future")
-    if _is_number(exp) and now >= exp + policy.leeway:
+    if exp is not None and now >= exp + policy.leeway:
         yield VerificationError("expired", f"expired {now - exp:.0f}s ago")
-    if _is_number(iat) and now >= iat + policy.max_age + policy.leeway:
-        yield VerificationError("too old", f"issued {now - iat:.0f}s ago, max age {policy.max_age:.0f}s")
+    if iat is not None and now >= iat + policy.max_age + policy.leeway:
+        age = f"issued {now - iat:.0f}s ago, max age {policy.max_age:.0f}s"
+        yield VerificationError("too old", age)
 
 
 def signature_is_valid(parsed: ParsedToken, key: RSAPublicKey) -> bool:

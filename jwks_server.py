@@ -1,0 +1,153 @@
+"""Step 4.a of the guide: publish the public keys as a JSON Web Key Set.
+
+``GET /keys`` (and ``/.well-known/jwks.json``) answers ``{"keys": [...]}`` with the next,
+current and retired public keys, each ``{"kty", "n", "e", "kid", "use": "sig", "alg":
+"RS256"}``, turned from PEM into JWK by jwcrypto (the guide's ``pem-jwk``). The key set is
+rebuilt only when a key file changes (seen by ``stat``, so a replaced key is picked up without
+a restart and no file is read on the request path), and served with ``Cache-Control``,
+``ETag`` and 304 answers to ``If-None-Match``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import sys
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from flask import Flask, Response, abort, request
+from jwcrypto.jwk import JWK
+
+from config import PUBLIC_KEY_FILE, AppError, Config, load_config
+from keystore import KEYRING_FILE, apply_changes, public_key_from_pem, read_keyring
+from verify import ALGORITHM
+from web import add_json_errors, run_dev_server
+
+WATCHED_FILES = (PUBLIC_KEY_FILE, KEYRING_FILE)
+
+
+def public_jwk(pem: str, kid: str) -> dict[str, Any]:
+    """The public JWK of an RSA public key in PEM, with ``kid``, ``use`` and ``alg``.
+
+    Raises AppError if ``pem`` is not an RSA public key.
+    """
+    public_key_from_pem(pem.encode(), f"key {kid!r}")
+    exported = JWK.from_pem(pem.encode()).export_public(as_dict=True)
+    return {"kty": "RSA", "n": exported["n"], "e": exported["e"], "kid": kid,
+            "use": "sig", "alg": ALGORITHM}  # fmt: skip
+
+
+def build_jwks(keys_dir: Path, default_kid: str) -> dict[str, Any]:
+    """The key set of every published key: next, current and retired.
+
+    Raises AppError (or UsageError if the public key is missing) when it cannot be built.
+    """
+    ring = read_keyring(keys_dir, default_kid)
+    if ring.find("current") is None:
+        raise AppError(f"no public key at {keys_dir / PUBLIC_KEY_FILE}: run gen.py first")
+    return {"keys": [public_jwk(r.public_pem, r.kid) for r in ring.records]}
+
+
+class JwksCache:
+    """The serialised key set and its ETag, rebuilt only when a key file changes."""
+
+    def __init__(self, keys_dir: Path, default_kid: str) -> None:
+        self.keys_dir = keys_dir
+        self.default_kid = default_kid
+        self._lock = threading.Lock()
+        self._built: tuple[object, bytes, str] | None = None
+
+    def _signature(self) -> object:
+        stats: list[tuple[int, ...] | None] = []
+        for name in WATCHED_FILES:
+            try:
+                st = os.stat(self.keys_dir / name)
+                stats.append((st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns))
+            except FileNotFoundError:
+                stats.append(None)
+        return tuple(stats)
+
+    def get(self) -> tuple[bytes, str]:
+        """The key set as JSON bytes and its ETag; raises AppError if there is no key."""
+        signature = self._signature()
+        built = self._built
+        if built is None or built[0] != signature:
+            with self._lock:
+                body = json.dumps(build_jwks(self.keys_dir, self.default_kid)).encode()
+                built = (signature, body, hashlib.sha256(body).hexdigest()[:32])
+                self._built = built
+        return built[1], built[2]
+
+
+def create_app(config: Config | None = None) -> Flask:
+    """The JWKS application; ``config`` defaults to the environment's."""
+    config = config or load_config()
+    app = Flask(__name__)
+    cache = JwksCache(config.keys_dir, config.kid)
+    add_json_errors(app)
+
+    @app.get("/keys")
+    @app.get("/.well-known/jwks.json")
+    def keys() -> Response:
+        """The JSON Web Key Set, conditional on ``If-None-Match``."""
+        try:
+            body, etag = cache.get()
+        except AppError as e:
+            app.logger.error("cannot serve the key set: %s", e)
+            abort(500, description="the public key is not available on this server")
+        response = Response(body, mimetype="application/json")
+        response.set_etag(etag)
+        response.cache_control.public = True
+        response.cache_control.max_age = config.jwks_cache_seconds
+        response.make_conditional(request)
+        del response.headers["Date"]  # the HTTP server adds its own; two would be invalid
+        return response
+
+    return app
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of step 4.a."""
+    parser = argparse.ArgumentParser(
+        prog="jwks_server.py",
+        description="Step 4.a: serve the public keys as a JWKS on http://$JWT_BIND_HOST:$JWKS_PORT"
+        "/keys (default 127.0.0.1:3344), or write it to a file with --export.",
+    )
+    parser.add_argument(
+        "--export", metavar="PATH",
+        help="write the JWKS (the same JSON as /keys) to PATH for a static host or CDN, and exit",
+    )  # fmt: skip
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run step 4.a; return the exit code."""
+    args = build_parser().parse_args(argv)
+    try:
+        config = load_config()
+        if args.export:
+            body, _ = JwksCache(config.keys_dir, config.kid).get()
+            path = Path(args.export)
+            apply_changes(path.parent, {path.name: body})
+            print(f"JWKS written to {path}")
+            return 0
+    except AppError as e:
+        print(f"jwks_server: {e}", file=sys.stderr)
+        return e.exit_code
+    except OSError as e:
+        print(f"jwks_server: cannot write {e.filename}: {e.strerror}", file=sys.stderr)
+        return 1
+    run_dev_server(
+        create_app(config), config.bind_host, config.jwks_port,
+        f"JWKS API is on port {config.jwks_port}",
+    )  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,67 @@
+"""Step 4.c of the guide: call the protected endpoint with the token as a Bearer header."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+import requests
+
+from config import AppError, UsageError, load_config
+
+TIMEOUT = (5.0, 30.0)  # connect, read
+
+
+def call(url: str, token: str) -> str:
+    """GET ``url`` with ``Authorization: Bearer <token>`` and return the body of a 2xx answer.
+
+    Raises AppError with ``HTTP <status>: <error_description>`` for any other answer, or a
+    line naming the URL if the server cannot be reached.
+    """
+    try:
+        response = requests.get(url, headers={"Authorization": f"Bearer {token}"}, timeout=TIMEOUT)
+    except requests.ConnectionError:
+        raise AppError(
+            f"cannot connect to {url}: is protected_server.py running? (make protected-server)"
+        ) from None
+    except requests.RequestException as e:
+        raise AppError(f"request to {url} failed: {type(e).__name__}") from None
+    if response.ok:
+        return response.text
+    try:
+        description = response.json().get("error_description") or response.reason
+    except (ValueError, AttributeError):
+        description = response.reason or "error"
+    raise AppError(f"HTTP {response.status_code}: {description}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of step 4.c."""
+    return argparse.ArgumentParser(
+        prog="make_request.py",
+        description="Step 4.c: send token.txt as a Bearer token to $PROTECTED_URL "
+        "(default http://localhost:2233/with-auth) and print the answer.",
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run step 4.c; return the exit code."""
+    build_parser().parse_args(argv)
+    try:
+        config = load_config()
+        try:
+            token = config.token_path.read_text(encoding="utf-8").strip()
+        except FileNotFoundError:
+            raise UsageError(f"no token at {config.token_path}: run sign.py first") from None
+        except (OSError, UnicodeDecodeError) as e:
+            raise UsageError(f"cannot read {config.token_path}: {e}") from None
+        print(call(config.protected_url, token))
+    except AppError as e:
+        print(f"make_request: {e}", file=sys.stderr)
+        return e.exit_code
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

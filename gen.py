@@ -81,6 +81,8 @@ def add_next(config: Config, ring: Keyring, bits: int, kid: str | None) -> KeyRe
         raise AppError(f"no current key in {config.keys_dir}: run gen.py first")
     if ring.find("next") is not None:
         raise AppError("there is already a next key: run gen.py --promote first")
+    if kid != "thumbprint" and any(r.kid == (kid or config.kid) for r in ring.records):
+        raise AppError(f"kid {kid or config.kid!r} is already in use: choose another with --kid")
     private_pem, record = _new_key(bits, kid, config)
     if any(r.kid == record.kid for r in ring.records):
         raise AppError(f"kid {record.kid!r} is already in use: choose another with --kid")
@@ -197,9 +199,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _run(args: argparse.Namespace, config: Config) -> None:
-    config.keys_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    creating = not (args.next or args.promote or args.prune or args.list)
+    if creating:
+        config.keys_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    elif not config.keys_dir.is_dir():
+        raise AppError(f"no keys folder at {config.keys_dir}: run gen.py first")
     with locked(config.keys_dir):
-        if not (args.next or args.promote or args.prune or args.list):
+        if creating:
             create(config, args.bits, args.kid, args.force)
             print("Private and Public Keys are generated")
             print(f"  private key: {config.private_key_path}")

@@ -151,6 +151,8 @@ def _record(raw: Any) -> KeyRecord:
     fields = ("state", "kid", "created", "thumbprint", "public_pem")
     if not all(isinstance(raw.get(name), str) and raw[name] for name in fields):
         raise ValueError("a key record misses a field")
+    for stamp in (raw["created"], raw.get("retired") or raw["created"]):
+        parse_time(stamp)  # raises ValueError if the time is not one utc_now wrote
     return KeyRecord(**{name: raw[name] for name in fields}, retired=raw.get("retired"))
 
 
@@ -246,13 +248,16 @@ def apply_changes(keys_dir: Path, changes: Mapping[str, bytes | None]) -> None:
                 os.link(target, backups[name])
             done.append(name)
             if name in temps:
-                os.replace(temps.pop(name), target)
+                os.replace(temps[name], target)
+                del temps[name]
             elif name in backups:
                 os.unlink(target)
     except BaseException:
         for name in reversed(done):
             if name in backups:
-                os.replace(backups.pop(name), keys_dir / name)
+                # If the target was never replaced, backup and target are one file (a hard
+                # link) and the rename does nothing; the unlink in ``finally`` then drops it.
+                os.replace(backups[name], keys_dir / name)
             else:
                 (keys_dir / name).unlink(missing_ok=True)
         raise

@@ -184,7 +184,7 @@ def claim_failures(
     if iat is not None and iat > now + policy.leeway:
         yield VerificationError("not yet valid", f"iat is {iat - now:.0f}s in the future")
     if exp is not None and now >= exp + policy.leeway:
-        yield VerificationError("expired", f"expired {now - exp:.0f}s ago")
+        yield VerificationError("expired", f"exp passed {now - exp:.0f}s ago")
     if iat is not None and now >= iat + policy.max_age + policy.leeway:
         age = f"issued {now - iat:.0f}s ago, max age {policy.max_age:.0f}s"
         yield VerificationError("too old", age)

@@ -91,8 +91,8 @@ def create_app(config: Config | None = None) -> Flask:
     cache = JwksCache(config.keys_dir, config.kid)
     add_json_errors(app)
 
-    @app.get("/keys")
-    @app.get("/.well-known/jwks.json")
+    @app.get("/keys", provide_automatic_options=False)
+    @app.get("/.well-known/jwks.json", provide_automatic_options=False)
     def keys() -> Response:
         """The JSON Web Key Set, conditional on ``If-None-Match``."""
         try:

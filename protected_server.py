@@ -184,7 +184,7 @@ def create_app(config: Config | None = None, jwks: JwksClient | None = None) -> 
     )  # fmt: skip
     add_json_errors(app)
 
-    @app.get("/with-auth")
+    @app.get("/with-auth", provide_automatic_options=False)
     def with_auth() -> Response:
         """The guide's protected endpoint: echo the verified claims."""
         token = bearer_token(request.headers.get("Authorization"))

@@ -116,11 +116,12 @@ def _reject_constant(name: str) -> None:
 
 def _json_object(raw: bytes, name: str) -> dict[str, Any]:
     try:
-        value = json.loads(
-            raw.decode("utf-8"),
-            object_pairs_hook=_no_duplicates,
-            parse_constant=_reject_constant,
-        )
+        text = raw.decode("utf-8")
+        value = json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_reject_constant)
+        if "\\u" in text:
+            # A lone surrogate ("\ud800") is valid JSON but not Unicode text (RFC 7493 2.1);
+            # it would break every later print or UTF-8 encoding of the claims.
+            json.dumps(value, ensure_ascii=False).encode("utf-8")
     except (ValueError, RecursionError):
         raise VerificationError("malformed", f"{name} is not valid JSON") from None
     if not isinstance(value, dict):
@@ -154,11 +155,12 @@ def parse_token(token: str) -> ParsedToken:
 
 
 def _is_number(value: Any) -> bool:
-    return (
-        isinstance(value, int | float)
-        and not isinstance(value, bool)
-        and math.isfinite(value)
-    )
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an int beyond the float range is no usable NumericDate
+        return False
 
 
 def _number(claims: dict[str, Any], name: str) -> float | None:

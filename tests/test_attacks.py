@@ -1,0 +1,955 @@
+"""Hostile tokens against verify.py (in process) and a running protected_server.py.
+
+Every token below must be refused by both: verify.py exits 1 with one line
+``verify: <reason>`` (the reason words of SPEC.md and verify.py's docstring), and the server
+answers 401 ``invalid_token`` (400 ``invalid_request`` where the Authorization header itself
+is malformed), never 200 and never 500. Tokens that PyJWT would refuse to produce are built by
+hand; most are signed with the real private key over their literal text, so a verifier that
+decoded leniently or trusted the header would accept them.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import string
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import jwt
+import pytest
+import requests
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, padding
+from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
+from cryptography.x509.oid import NameOID
+from jwt.algorithms import RSAAlgorithm
+
+import verify
+from config import DEFAULT_ISSUER, DEFAULT_KID
+from tests.conftest import (
+    ROOT,
+    Server,
+    assert_clean_error,
+    free_port,
+    script_env,
+    wait_until_listening,
+)
+
+pytestmark = pytest.mark.e2e
+
+HTTP_TIMEOUT = 10
+ATTACK_PATH = "/attack"  # every URL a token points at starts with this; none may be fetched
+_ALPHABET = string.ascii_uppercase + string.ascii_lowercase + string.digits + "-_"
+
+Json = dict[str, Any]
+
+
+# --- building tokens by hand -------------------------------------------------------------
+
+
+def b64(data: bytes) -> str:
+    """Canonical unpadded base64url."""
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def encode(part: Json | bytes) -> str:
+    """A header or payload segment from a JSON object or from raw bytes."""
+    raw = part if isinstance(part, bytes) else json.dumps(part, separators=(",", ":")).encode()
+    return b64(raw)
+
+
+def rs256(signing_input: str, key: RSAPrivateKey) -> bytes:
+    """An RS256 signature over the literal text ``signing_input``."""
+    return key.sign(signing_input.encode(), padding.PKCS1v15(), hashes.SHA256())
+
+
+def signed(header_segment: str, payload_segment: str, key: RSAPrivateKey) -> str:
+    """A compact token signed with RS256 over the two segments exactly as given."""
+    signing_input = f"{header_segment}.{payload_segment}"
+    return f"{signing_input}.{b64(rs256(signing_input, key))}"
+
+
+def hs(bits: int, signing_input: str, secret: bytes) -> bytes:
+    """An HMAC-SHA signature keyed with ``secret`` (algorithm confusion)."""
+    digest = {256: hashlib.sha256, 384: hashlib.sha384, 512: hashlib.sha512}[bits]
+    return hmac.new(secret, signing_input.encode(), digest).digest()
+
+
+def non_canonical(segment: str) -> str:
+    """The same bytes, but the last character has non-zero unused bits."""
+    assert len(segment) % 4 in (2, 3), "needs a segment whose last character has spare bits"
+    last = _ALPHABET.index(segment[-1])
+    assert last & 1 == 0
+    return segment[:-1] + _ALPHABET[last | 1]
+
+
+def standard_alphabet(segment: str) -> str:
+    """The same bytes in the standard base64 alphabet ('+' and '/')."""
+    changed = segment.replace("-", "+").replace("_", "/")
+    assert changed != segment, "needs a segment holding '-' or '_'"
+    return changed
+
+
+def fitted(obj: Json, ok: Callable[[str], bool]) -> Json:
+    """``obj`` with a filler member sized so that its segment satisfies ``ok``."""
+    for n in range(12):
+        candidate = {**obj, "pad": "?" * n}
+        if ok(encode(candidate)):
+            return candidate
+    raise AssertionError("no filler fits")
+
+
+@dataclass(frozen=True)
+class Kit:
+    """The keys and the attacker's server a token builder may use."""
+
+    private: RSAPrivateKey
+    other: RSAPrivateKey
+    ec: ec.EllipticCurvePrivateKey
+    attacker: str  # base URL of the counting server
+
+    def claims(self, *, drop: tuple[str, ...] = (), **changes: Any) -> Json:
+        """The claims sign.py would write, changed."""
+        now = int(time.time())
+        claims: Json = {"userId": "a-b-c-d", "iat": now, "exp": now + 3600, "iss": DEFAULT_ISSUER}
+        claims.update(changes)
+        for name in drop:
+            del claims[name]
+        return claims
+
+    def header(self, **changes: Any) -> Json:
+        """The header sign.py would write, changed (a value of None removes the member)."""
+        header: Json = {"alg": "RS256", "typ": "JWT", "kid": DEFAULT_KID, **changes}
+        return {k: v for k, v in header.items() if v is not None}
+
+    def token(
+        self,
+        header: Json | bytes | None = None,
+        payload: Json | bytes | None = None,
+        key: RSAPrivateKey | None = None,
+    ) -> str:
+        """A token signed with RS256 by ``key`` (default: the real private key)."""
+        h = encode(self.header() if header is None else header)
+        p = encode(self.claims() if payload is None else payload)
+        return signed(h, p, key or self.private)
+
+    def valid(self) -> str:
+        """A token both verifiers must accept."""
+        return self.token()
+
+    def swap(self, index: int, segment: str) -> str:
+        """A valid token with one segment replaced."""
+        parts = self.valid().split(".")
+        parts[index] = segment
+        return ".".join(parts)
+
+    def public_pem(self) -> bytes:
+        """The real public key as SPKI PEM, what the attacker can download."""
+        return self.private.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+
+    def public_der(self) -> bytes:
+        """The real public key as SPKI DER."""
+        return self.private.public_key().public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+
+    def public_jwk(self) -> bytes:
+        """The real public key as JWK JSON."""
+        return str(RSAAlgorithm.to_jwk(self.private.public_key())).encode()
+
+    def attacker_jwk(self) -> Json:
+        """The attacker's public key as a JWK with the right kid."""
+        jwk: Json = RSAAlgorithm.to_jwk(self.other.public_key(), as_dict=True)
+        return {**jwk, "kid": DEFAULT_KID, "use": "sig", "alg": "RS256"}
+
+    def attacker_cert(self) -> str:
+        """A self-signed certificate of the attacker's key, base64 DER (for ``x5c``)."""
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "attacker")])
+        now = datetime.now(UTC)
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(name)
+            .issuer_name(name)
+            .public_key(self.other.public_key())
+            .serial_number(1)
+            .not_valid_before(now - timedelta(days=1))
+            .not_valid_after(now + timedelta(days=1))
+            .sign(self.other, hashes.SHA256())
+        )
+        return base64.b64encode(cert.public_bytes(serialization.Encoding.DER)).decode()
+
+
+# --- the attacks -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Attack:
+    """A hostile token and how each verifier must refuse it.
+
+    ``reason``: verify.py's reason word. ``server_reason``: the reason the server's
+    ``error_description`` starts with (default: ``reason``). ``status``: the server's status,
+    400 where the Authorization header cannot be split, 0 for any 4xx. ``also``: another
+    reason either verifier may give instead, where SPEC allows both.
+    """
+
+    id: str
+    build: Callable[[Kit], str]
+    reason: str
+    server_reason: str | None = None
+    status: int = 401
+    also: tuple[str, ...] = ()
+
+    def reasons(self) -> tuple[str, ...]:
+        """The reasons verify.py may give."""
+        return (self.reason, *self.also)
+
+    def server_reasons(self) -> tuple[str, ...]:
+        """The reasons the server's error_description may start with."""
+        first = self.reason if self.server_reason is None else self.server_reason
+        return (first, *self.also)
+
+
+def _alg_none(alg: str, with_signature: bool) -> Callable[[Kit], str]:
+    def build(kit: Kit) -> str:
+        signing_input = f"{encode(kit.header(alg=alg))}.{encode(kit.claims())}"
+        signature = b64(rs256(signing_input, kit.private)) if with_signature else ""
+        return f"{signing_input}.{signature}"
+
+    return build
+
+
+def _hmac_confusion(bits: int, form: str) -> Callable[[Kit], str]:
+    def build(kit: Kit) -> str:
+        secret = {"pem": kit.public_pem, "der": kit.public_der, "jwk": kit.public_jwk}[form]()
+        signing_input = f"{encode(kit.header(alg=f'HS{bits}'))}.{encode(kit.claims())}"
+        return f"{signing_input}.{b64(hs(bits, signing_input, secret))}"
+
+    return build
+
+
+def _pyjwt(alg: str, ec_key: bool = False) -> Callable[[Kit], str]:
+    def build(kit: Kit) -> str:
+        key = kit.ec if ec_key else kit.private
+        return jwt.encode(kit.claims(), key, algorithm=alg, headers={"kid": DEFAULT_KID})
+
+    return build
+
+
+ALGORITHM_ATTACKS = [
+    *[
+        Attack(f"alg-{alg}-{'signed' if sig else 'unsigned'}", _alg_none(alg, sig), "algorithm")
+        for alg in ("none", "None", "NONE", "nOnE")
+        for sig in (False, True)
+    ],
+    *[
+        Attack(f"HS{bits}-public-key-{form}", _hmac_confusion(bits, form), "algorithm")
+        for bits in (256, 384, 512)
+        for form in ("pem", "der", "jwk")
+    ],
+    Attack("RS384", _pyjwt("RS384"), "algorithm"),
+    Attack("RS512", _pyjwt("RS512"), "algorithm"),
+    Attack("PS256", _pyjwt("PS256"), "algorithm"),
+    Attack("ES256", _pyjwt("ES256", ec_key=True), "algorithm"),
+    Attack("alg-missing", lambda k: k.token(k.header(alg=None)), "algorithm"),
+    Attack("alg-lowercase", lambda k: k.token(k.header(alg="rs256")), "algorithm"),
+    Attack("alg-trailing-space", lambda k: k.token(k.header(alg="RS256 ")), "algorithm"),
+    Attack("alg-newline", lambda k: k.token(k.header(alg="RS256\nverify: ok")), "algorithm"),
+    Attack("alg-list", lambda k: k.token(k.header(alg=["RS256"])), "algorithm"),
+    Attack("alg-null", lambda k: k.token({"alg": None, "kid": DEFAULT_KID}), "algorithm"),
+]
+
+KEY_ATTACKS = [
+    Attack(
+        "other-key-right-kid",
+        lambda k: k.token(key=k.other),
+        "invalid signature",
+    ),
+    Attack(
+        "jwk-header-attacker-key",
+        lambda k: k.token(k.header(jwk=k.attacker_jwk()), key=k.other),
+        "invalid signature",
+    ),
+    Attack(
+        "jwk-header-attacker-key-no-kid",
+        lambda k: k.token(k.header(jwk=k.attacker_jwk(), kid=None), key=k.other),
+        "invalid signature",
+        server_reason="malformed",
+    ),
+    Attack(
+        "jku-right-kid",
+        lambda k: k.token(k.header(jku=f"{k.attacker}{ATTACK_PATH}/jwks"), key=k.other),
+        "invalid signature",
+    ),
+    Attack(
+        "jku-attacker-kid",
+        lambda k: k.token(
+            k.header(jku=f"{k.attacker}{ATTACK_PATH}/jwks", kid="attacker-kid"), key=k.other
+        ),
+        "invalid signature",
+        server_reason="unknown kid",
+    ),
+    Attack(
+        "jku-no-kid",
+        lambda k: k.token(k.header(jku=f"{k.attacker}{ATTACK_PATH}/jwks", kid=None), key=k.other),
+        "invalid signature",
+        server_reason="malformed",
+    ),
+    Attack(
+        "x5u-right-kid",
+        lambda k: k.token(k.header(x5u=f"{k.attacker}{ATTACK_PATH}/cert.pem"), key=k.other),
+        "invalid signature",
+    ),
+    Attack(
+        "x5u-attacker-kid",
+        lambda k: k.token(
+            k.header(x5u=f"{k.attacker}{ATTACK_PATH}/cert.pem", kid="attacker-kid"), key=k.other
+        ),
+        "invalid signature",
+        server_reason="unknown kid",
+    ),
+    Attack(
+        "x5c-attacker-cert",
+        lambda k: k.token(k.header(x5c=[k.attacker_cert()]), key=k.other),
+        "invalid signature",
+    ),
+    Attack(
+        "x5c-attacker-cert-no-kid",
+        lambda k: k.token(k.header(x5c=[k.attacker_cert()], kid=None), key=k.other),
+        "invalid signature",
+        server_reason="malformed",
+    ),
+]
+
+# kid values that are strings: verify.py does not use the kid (one public key file), so the
+# attacker's own signature is what it refuses; the server must find no key for them.
+HOSTILE_KIDS = {
+    "empty": "",
+    "path-traversal": "../../../../../../dev/null",
+    "path-to-public-key": "../keys/.public.key.pem",
+    "absolute-path": "/etc/passwd",
+    "sql-injection": "' OR '1'='1",
+    "sql-comment": "my-key-id' --",
+    "crlf": "my-key-id\r\nX-Injected: yes",
+    "nul-byte": "my-key-id\x00",
+    "case-variant": "MY-KEY-ID",
+    "trailing-space": "my-key-id ",
+    "non-ascii": "\u043a\u043b\u044e\u0447",
+    "lone-surrogate": "\ud800",
+}
+
+
+def _claims(**changes: Any) -> Callable[[Kit], str]:
+    def build(kit: Kit) -> str:
+        now = int(time.time())
+        values = {k: v(now) if callable(v) else v for k, v in changes.items()}
+        return kit.token(payload=kit.claims(**values))
+
+    return build
+
+
+def _with_header(*, attacker: bool = False, **changes: Any) -> Callable[[Kit], str]:
+    def build(kit: Kit) -> str:
+        return kit.token(kit.header(**changes), key=kit.other if attacker else None)
+
+    return build
+
+
+def _kid_also(kind: str) -> tuple[str, ...]:
+    # A lone surrogate is valid JSON but not Unicode text (RFC 7493 2.1): refusing the header
+    # as malformed is as right as looking the kid up and failing.
+    return ("malformed",) if kind == "lone-surrogate" else ()
+
+
+KID_ATTACKS = [
+    *[
+        Attack(f"kid-{kind}", _with_header(kid=value), "malformed")
+        for kind, value in {
+            "number": 1,
+            "list": [DEFAULT_KID],
+            "object": {"kid": DEFAULT_KID},
+            "bool": True,
+        }.items()
+    ],
+    Attack("kid-null", lambda k: k.token({"alg": "RS256", "typ": "JWT", "kid": None}), "malformed"),
+    Attack("kid-10KB", lambda k: k.token(k.header(kid="k" * 10240)), "malformed"),
+    *[
+        Attack(
+            f"kid-{kind}-attacker-signed",
+            _with_header(kid=value, attacker=True),
+            "invalid signature",
+            server_reason="unknown kid",
+            also=_kid_also(kind),
+        )
+        for kind, value in HOSTILE_KIDS.items()
+    ],
+]
+
+# Signed with the REAL key, so only the server's key lookup can refuse them.
+SERVER_KID_ATTACKS = [
+    *[
+        Attack(
+            f"kid-{kind}-real-key",
+            _with_header(kid=value),
+            "",
+            server_reason="unknown kid",
+            also=_kid_also(kind),
+        )
+        for kind, value in HOSTILE_KIDS.items()
+    ],
+    Attack("kid-missing-real-key", lambda k: k.token(k.header(kid=None)), "", "malformed"),
+]
+
+CRIT_HEADERS: dict[str, Json] = {
+    "exp": {"crit": ["exp"], "exp": 1},
+    "empty-list": {"crit": []},
+    "b64": {"crit": ["b64"], "b64": False},
+    "unknown": {"crit": ["x-custom"], "x-custom": "yes"},
+    "string": {"crit": "exp"},
+}
+
+CRIT_ATTACKS = [
+    Attack(f"crit-{name}", _with_header(**crit), "unsupported critical header")
+    for name, crit in CRIT_HEADERS.items()
+]
+
+ISSUER_ATTACKS = [
+    *[
+        Attack(f"iss-{name}", _claims(iss=value), "issuer")
+        for name, value in {
+            "substring": DEFAULT_ISSUER[:-1],
+            "prefix": "my-issuer",
+            "superstring": DEFAULT_ISSUER + "-evil",
+            "prefixed": "evil-" + DEFAULT_ISSUER,
+            "uppercase": DEFAULT_ISSUER.upper(),
+            "trailing-space": DEFAULT_ISSUER + " ",
+            "newline": DEFAULT_ISSUER + "\nverify: ok",
+            "list": [DEFAULT_ISSUER],
+            "object": {"iss": DEFAULT_ISSUER},
+            "number": 1,
+            "null": None,
+            "empty": "",
+        }.items()
+    ],
+    Attack("iss-missing", lambda k: k.token(payload=k.claims(drop=("iss",))), "missing claim iss"),
+]
+
+
+def _duplicated(claims: Json, member: str, raw: str) -> bytes:
+    """``claims`` as JSON with ``member`` written once more, last, as ``raw``."""
+    return json.dumps(claims, separators=(",", ":"))[:-1].encode() + f',"{member}":{raw}}}'.encode()
+
+
+def _raw_claim(member: str, raw: str) -> Callable[[Kit], str]:
+    # For values json.dumps will not write (1e400, NaN): the claim is removed and re-added raw.
+    def build(kit: Kit) -> str:
+        claims = kit.claims(drop=(member,) if member in kit.claims() else ())
+        text = json.dumps(claims, separators=(",", ":"))[:-1] + f',"{member}":{raw}}}'
+        return kit.token(payload=text.encode())
+
+    return build
+
+
+TIME_ATTACKS = [
+    Attack("exp-missing", lambda k: k.token(payload=k.claims(drop=("exp",))), "missing claim exp"),
+    Attack("iat-missing", lambda k: k.token(payload=k.claims(drop=("iat",))), "missing claim iat"),
+    Attack(
+        "exp-iat-iss-missing",
+        lambda k: k.token(payload={"userId": "a-b-c-d"}),
+        "missing claim exp",
+    ),
+    *[
+        Attack(f"{claim}-{name}", _claims(**{claim: value}), "malformed")
+        for claim in ("exp", "iat", "nbf")
+        for name, value in {
+            "string-int": "9999999999" if claim == "exp" else "0",
+            "string-float": "1700000000.5",
+            "string-now": str,
+            "true": True,
+            "false": False,
+            "null": None,
+            "list": [1],
+            "object": {"t": 1},
+        }.items()
+    ],
+    Attack("exp-infinite", _raw_claim("exp", "1e400"), "malformed"),
+    *[
+        Attack(f"{claim}-huge-int", _raw_claim(claim, "1" + "0" * 400), "malformed")
+        for claim in ("exp", "iat", "nbf")
+    ],
+    Attack("exp-huge-negative-int", _raw_claim("exp", "-1" + "0" * 400), "malformed"),
+    Attack("exp-5000-digits", _raw_claim("exp", "9" * 5000), "malformed"),
+    Attack("exp-NaN", _raw_claim("exp", "NaN"), "malformed"),
+    Attack("exp-Infinity", _raw_claim("exp", "Infinity"), "malformed"),
+    Attack("nbf-minus-Infinity", _raw_claim("nbf", "-Infinity"), "malformed"),
+    Attack("exp-past", _claims(exp=lambda now: now - 10), "expired"),
+    Attack("exp-now", _claims(exp=lambda now: now), "expired"),
+    Attack("exp-past-float", _claims(exp=lambda now: now - 0.5), "expired"),
+    Attack("nbf-future", _claims(nbf=lambda now: now + 3600), "not yet valid"),
+    Attack(
+        "iat-future",
+        _claims(iat=lambda now: now + 3600, exp=lambda now: now + 7200),
+        "not yet valid",
+    ),
+    Attack("iat-2-days-ago", _claims(iat=lambda now: now - 2 * 86400), "too old"),
+    Attack("iat-1-day-1s-ago", _claims(iat=lambda now: now - 86401), "too old"),
+]
+
+
+def _nested(depth: int) -> bytes:
+    return b"[" * depth + b"]" * depth
+
+
+def _header_fitted(ok: Callable[[str], bool], change: Callable[[str], str]) -> Callable[[Kit], str]:
+    def build(kit: Kit) -> str:
+        header = change(encode(fitted(kit.header(), ok)))
+        return signed(header, encode(kit.claims()), kit.private)
+
+    return build
+
+
+def _payload_fitted(
+    ok: Callable[[str], bool], change: Callable[[str], str]
+) -> Callable[[Kit], str]:
+    def build(kit: Kit) -> str:
+        payload = change(encode(fitted(kit.claims(), ok)))
+        return signed(encode(kit.header()), payload, kit.private)
+
+    return build
+
+
+def _has_url_chars(segment: str) -> bool:
+    return "-" in segment or "_" in segment
+
+
+def _unpadded(segment: str) -> bool:
+    return len(segment) % 4 != 0
+
+
+def _pad(segment: str) -> str:
+    return segment + "=" * (-len(segment) % 4)
+
+
+def _signature_changed(change: Callable[[bytes, Kit], bytes]) -> Callable[[Kit], str]:
+    def build(kit: Kit) -> str:
+        h, p, s = kit.valid().split(".")
+        return f"{h}.{p}.{b64(change(base64.urlsafe_b64decode(s + '==='), kit))}"
+
+    return build
+
+
+def _payload_edited(kit: Kit) -> str:
+    h, _, s = kit.valid().split(".")
+    return f"{h}.{encode(kit.claims(userId='admin'))}.{s}"
+
+
+def _spliced(kit: Kit) -> str:
+    h, p, _ = kit.token(payload=kit.claims(userId="admin")).split(".")
+    _, _, s = kit.valid().split(".")
+    return f"{h}.{p}.{s}"
+
+
+def _jwe(kit: Kit) -> str:
+    header = encode({"alg": "RSA-OAEP", "enc": "A256GCM", "kid": DEFAULT_KID})
+    return ".".join([header, b64(b"k" * 512), b64(b"i" * 12), b64(b"c" * 64), b64(b"t" * 16)])
+
+
+STRUCTURE_ATTACKS = [
+    Attack("1-segment", lambda k: k.valid().split(".")[0], "malformed"),
+    Attack("2-segments", lambda k: ".".join(k.valid().split(".")[:2]), "malformed"),
+    Attack(
+        "2-segments-trailing-dot",  # header.payload. : three segments, the signature empty
+        lambda k: ".".join(k.valid().split(".")[:2]) + ".",
+        "invalid signature",
+    ),
+    Attack("4-segments", lambda k: k.valid() + "." + k.valid().split(".")[2], "malformed"),
+    Attack("5-segments", lambda k: k.valid() + "..", "malformed"),
+    Attack("only-dots", lambda k: "..", "malformed"),
+    Attack("jwe-rsa-oaep", _jwe, "malformed"),
+    Attack(
+        "header-standard-alphabet",
+        _header_fitted(_has_url_chars, standard_alphabet),
+        "malformed",
+    ),
+    Attack(
+        "payload-standard-alphabet",
+        _payload_fitted(_has_url_chars, standard_alphabet),
+        "malformed",
+    ),
+    Attack(
+        "signature-standard-alphabet",
+        lambda k: k.swap(2, standard_alphabet(k.valid().split(".")[2])),
+        "malformed",
+    ),
+    Attack("header-padded", _header_fitted(_unpadded, _pad), "malformed"),
+    Attack("payload-padded", _payload_fitted(_unpadded, _pad), "malformed"),
+    Attack("signature-padded", lambda k: k.swap(2, _pad(k.valid().split(".")[2])), "malformed"),
+    Attack("header-non-canonical", _header_fitted(_unpadded, non_canonical), "malformed"),
+    Attack("payload-non-canonical", _payload_fitted(_unpadded, non_canonical), "malformed"),
+    Attack(
+        "signature-non-canonical",
+        lambda k: k.swap(2, non_canonical(k.valid().split(".")[2])),
+        "malformed",
+    ),
+    Attack(
+        "signature-with-space",
+        lambda k: k.swap(2, k.valid().split(".")[2][:10] + " " + k.valid().split(".")[2][10:]),
+        "malformed",
+        status=400,
+    ),
+    Attack(
+        "payload-with-space",
+        lambda k: k.swap(1, k.valid().split(".")[1][:10] + " " + k.valid().split(".")[1][10:]),
+        "malformed",
+        status=400,
+    ),
+    Attack("header-with-star", lambda k: k.swap(0, "*" + k.valid().split(".")[0]), "malformed"),
+    Attack(
+        "signature-non-ascii", lambda k: k.swap(2, "\u00e9" + k.valid().split(".")[2]), "malformed"
+    ),
+    Attack("header-not-json", lambda k: k.token(b"not json"), "malformed"),
+    Attack("header-not-utf8", lambda k: k.token(b'{"alg":"RS256","x":"\xff"}'), "malformed"),
+    Attack("header-array", lambda k: k.token(b'["RS256"]'), "malformed"),
+    Attack("header-string", lambda k: k.token(b'"RS256"'), "malformed"),
+    Attack("header-number", lambda k: k.token(b"256"), "malformed"),
+    Attack("header-null", lambda k: k.token(b"null"), "malformed"),
+    Attack("header-empty", lambda k: k.token(b""), "malformed"),
+    Attack(
+        "header-NaN", lambda k: k.token(b'{"alg":"RS256","kid":"my-key-id","x":NaN}'), "malformed"
+    ),
+    Attack("header-nested-5000", lambda k: k.token(_nested(5000)), "malformed"),
+    Attack(
+        "header-nested-100000",
+        lambda k: k.token(_nested(100_000)),
+        "malformed",
+        status=0,
+    ),
+    Attack("payload-not-json", lambda k: k.token(payload=b"not json"), "malformed"),
+    Attack("payload-array", lambda k: k.token(payload=b'[{"iss":"my-issuer-name"}]'), "malformed"),
+    Attack("payload-string", lambda k: k.token(payload=b'"claims"'), "malformed"),
+    Attack("payload-number", lambda k: k.token(payload=b"1"), "malformed"),
+    Attack("payload-nested-5000", lambda k: k.token(payload=_nested(5000)), "malformed"),
+    Attack(
+        "header-duplicate-alg",
+        lambda k: k.token(b'{"alg":"none","alg":"RS256","typ":"JWT","kid":"my-key-id"}'),
+        "malformed",
+    ),
+    Attack(
+        "header-duplicate-kid",
+        lambda k: k.token(b'{"alg":"RS256","kid":"other","kid":"my-key-id"}'),
+        "malformed",
+    ),
+    Attack(
+        "payload-duplicate-iss",
+        lambda k: k.token(payload=_duplicated(k.claims(iss="evil"), "iss", '"my-issuer-name"')),
+        "malformed",
+    ),
+    Attack(
+        "payload-duplicate-exp",
+        lambda k: k.token(payload=_duplicated(k.claims(exp=1), "exp", "9999999999")),
+        "malformed",
+    ),
+    Attack("signature-empty", lambda k: k.swap(2, ""), "invalid signature"),
+    Attack("signature-truncated", _signature_changed(lambda s, k: s[:-1]), "invalid signature"),
+    Attack(
+        "signature-half", _signature_changed(lambda s, k: s[: len(s) // 2]), "invalid signature"
+    ),
+    Attack("signature-extra-byte", _signature_changed(lambda s, k: s + b"\0"), "invalid signature"),
+    Attack(
+        "signature-leading-zero", _signature_changed(lambda s, k: b"\0" + s), "invalid signature"
+    ),
+    Attack("signature-zeros", _signature_changed(lambda s, k: bytes(len(s))), "invalid signature"),
+    Attack(
+        "signature-bit-flip",
+        _signature_changed(lambda s, k: s[:-1] + bytes([s[-1] ^ 1])),
+        "invalid signature",
+    ),
+    Attack("signature-spliced", _spliced, "invalid signature"),
+    Attack("payload-edited", _payload_edited, "invalid signature"),
+    Attack(
+        "oversized-claim",
+        lambda k: k.token(payload=k.claims(blob="x" * 9000)),
+        "malformed",
+    ),
+    Attack(
+        "oversized-60KB",
+        lambda k: k.token(payload=k.claims(blob="x" * 45_000)),
+        "malformed",
+    ),
+]
+
+ATTACKS = (
+    ALGORITHM_ATTACKS
+    + KEY_ATTACKS
+    + KID_ATTACKS
+    + CRIT_ATTACKS
+    + ISSUER_ATTACKS
+    + TIME_ATTACKS
+    + STRUCTURE_ATTACKS
+)
+
+
+def _params(attacks: list[Attack]) -> list[Any]:
+    ids = [a.id for a in attacks]
+    assert len(ids) == len(set(ids)), "attack ids must be unique"
+    return [pytest.param(a, id=a.id) for a in attacks]
+
+
+# --- fixtures ----------------------------------------------------------------------------
+
+
+@dataclass
+class AttackerServer:
+    """A local HTTP server that records every request: no verifier may ever call it."""
+
+    base: str
+    paths: list[str]
+
+    def attack_hits(self) -> list[str]:
+        """Requests made to the URLs that hostile tokens point at."""
+        return [p for p in self.paths if p.startswith(ATTACK_PATH)]
+
+
+@pytest.fixture(scope="module")
+def attacker(other_private_key: RSAPrivateKey) -> Iterator[AttackerServer]:
+    """The attacker's server: it would serve a JWKS with the attacker's key, if asked."""
+    paths: list[str] = []
+    jwk: Json = RSAAlgorithm.to_jwk(other_private_key.public_key(), as_dict=True)
+    jwks = json.dumps({"keys": [{**jwk, "kid": DEFAULT_KID, "use": "sig", "alg": "RS256"}]})
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            paths.append(self.path)
+            body = jwks.encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05})
+    thread.start()
+    try:
+        yield AttackerServer(f"http://127.0.0.1:{httpd.server_address[1]}", paths)
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+        thread.join(5)
+    assert not [p for p in paths if p.startswith(ATTACK_PATH)], "a token's URL was fetched"
+
+
+@pytest.fixture(scope="module")
+def kit(
+    private_key: RSAPrivateKey, other_private_key: RSAPrivateKey, attacker: AttackerServer
+) -> Kit:
+    """Keys for building tokens: the real one, the attacker's RSA and EC keys."""
+    return Kit(
+        private_key, other_private_key, ec.generate_private_key(ec.SECP256R1()), attacker.base
+    )
+
+
+def _spawn(script: str, port_variable: str, folder: Path, **env: str) -> Server:
+    port = free_port()
+    log = folder / f"{script}-{port}.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, str(ROOT / script)],
+            env=script_env(**{port_variable: str(port)}, **env),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=folder,
+        )
+    return Server(process, port, log)
+
+
+@pytest.fixture(scope="module")
+def protected(session_keys: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """ONE jwks_server.py and ONE protected_server.py for the whole module."""
+    folder = tmp_path_factory.mktemp("attack-servers")
+    servers: list[Server] = []
+    try:
+        jwks = _spawn("jwks_server.py", "JWKS_PORT", folder, JWT_KEYS_DIR=str(session_keys))
+        servers.append(jwks)
+        wait_until_listening(jwks)
+        server = _spawn(
+            "protected_server.py", "PROTECTED_PORT", folder, JWKS_URI=f"{jwks.base}/keys"
+        )
+        servers.append(server)
+        wait_until_listening(server)
+        yield server
+    finally:
+        for running in servers:
+            running.stop()
+
+
+def call(server: Server, authorization: str) -> requests.Response:
+    """GET /with-auth with the given Authorization header."""
+    return requests.get(
+        f"{server.base}/with-auth", headers={"Authorization": authorization}, timeout=HTTP_TIMEOUT
+    )
+
+
+def run_verify(token: str, capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    """verify.py in process on ``token``: exit code, stdout, stderr."""
+    code = verify.main([f"--token={token}"])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def assert_refused_by_verify(code: int, out: str, err: str, *reasons: str) -> None:
+    """Exit 1, nothing on stdout, one line ``verify: <reason>[: detail]`` on stderr."""
+    assert_clean_error(out + err)
+    assert code == 1, (out, err)
+    assert out == ""
+    lines = err.splitlines()
+    assert len(lines) == 1, err
+    assert any(
+        lines[0] == f"verify: {reason}" or lines[0].startswith(f"verify: {reason}: ")
+        for reason in reasons
+    ), err
+
+
+def assert_refused_by_server(response: requests.Response, attack: Attack) -> None:
+    """401 invalid_token (or the 400/4xx the attack expects), a JSON error body, never 5xx."""
+    assert response.status_code < 500, response.text
+    assert response.status_code != 200, response.text
+    if attack.status == 0:
+        assert 400 <= response.status_code < 500
+        return
+    assert response.status_code == attack.status, response.text
+    body = response.json()
+    expected = "invalid_token" if attack.status == 401 else "invalid_request"
+    assert body["error"] == expected, body
+    assert f'error="{expected}"' in response.headers["WWW-Authenticate"]
+    assert "X-Injected" not in response.headers
+    if attack.status == 401:
+        assert body["error_description"].startswith(attack.server_reasons()), body
+
+
+# --- tests -------------------------------------------------------------------------------
+
+
+def test_valid_token_is_accepted_by_both(
+    kit: Kit, keys_dir: Path, protected: Server, capsys: pytest.CaptureFixture[str]
+) -> None:
+    token = kit.valid()
+    code, out, err = run_verify(token, capsys)
+    assert code == 0, err
+    assert out.startswith("Decoded token data {")
+    response = call(protected, f"Bearer {token}")
+    assert response.status_code == 200, response.text
+    assert response.text.startswith('Result: {"userId":"a-b-c-d","iat":')
+
+
+def test_attacker_server_counts_requests(attacker: AttackerServer) -> None:
+    before = len(attacker.paths)
+    requests.get(f"{attacker.base}/probe", timeout=HTTP_TIMEOUT).raise_for_status()
+    assert attacker.paths[before:] == ["/probe"]
+
+
+@pytest.mark.parametrize("attack", _params(ATTACKS))
+def test_verify_refuses(
+    attack: Attack,
+    kit: Kit,
+    keys_dir: Path,
+    attacker: AttackerServer,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    code, out, err = run_verify(attack.build(kit), capsys)
+    assert_refused_by_verify(code, out, err, *attack.reasons())
+    assert attacker.attack_hits() == []
+
+
+@pytest.mark.parametrize("attack", _params(ATTACKS))
+def test_verify_inspect_reports(
+    attack: Attack, kit: Kit, keys_dir: Path, attacker: AttackerServer,
+    capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    # --inspect shows what the token claims (unverified) and must still refuse it, cleanly.
+    code = verify.main(["--inspect", f"--token={attack.build(kit)}"])
+    out, err = capsys.readouterr()
+    assert_clean_error(out + err)
+    assert code == 1, out
+    last = out.splitlines()[-1]
+    assert last.startswith("checks failing: "), out
+    assert any(reason in last for reason in attack.reasons()), last
+    assert attacker.attack_hits() == []
+
+
+@pytest.mark.parametrize("attack", _params(ATTACKS + SERVER_KID_ATTACKS))
+def test_server_refuses(
+    attack: Attack, kit: Kit, protected: Server, attacker: AttackerServer
+) -> None:
+    response = call(protected, f"Bearer {attack.build(kit)}")
+    assert_refused_by_server(response, attack)
+    assert attacker.attack_hits() == []
+
+
+def test_server_answers_a_1mb_authorization_header_and_keeps_serving(
+    kit: Kit, protected: Server
+) -> None:
+    status, closed = 0, ""
+    try:
+        status = call(protected, "Bearer " + "a" * 1_000_000).status_code
+    except requests.ConnectionError as e:
+        # The server may answer by closing the connection while the client still sends:
+        # an answer too, not a hang. A refused connection would mean the server is gone.
+        closed = str(e)
+    assert 400 <= status < 500 or (closed and "refused" not in closed.lower()), closed
+    assert protected.process.poll() is None
+    assert call(protected, f"Bearer {kit.valid()}").status_code == 200
+
+
+def _sized(kit: Kit, limit: int, over: bool) -> str:
+    """The longest valid token of at most ``limit`` characters, or the shortest over it."""
+    fixed = len(encode(kit.header())) + len(b64(bytes(kit.private.key_size // 8))) + 2
+    sizes = (n for n in range(limit) if fixed + len(encode(kit.claims(blob="x" * n))) > limit)
+    first_over = next(sizes)
+    return kit.token(payload=kit.claims(blob="x" * (first_over if over else first_over - 1)))
+
+
+@pytest.mark.parametrize("over", [False, True], ids=["at-8-KiB", "over-8-KiB"])
+def test_size_limit_is_8_kib_in_both(
+    over: bool, kit: Kit, keys_dir: Path, protected: Server, capsys: pytest.CaptureFixture[str]
+) -> None:
+    token = _sized(kit, verify.MAX_TOKEN_BYTES, over)
+    assert (len(token) > 8192) is over and len(token) > 8150
+    code, out, err = run_verify(token, capsys)
+    response = call(protected, f"Bearer {token}")
+    if over:
+        assert_refused_by_verify(code, out, err, "malformed")
+        assert response.status_code == 401
+        assert response.json()["error"] == "invalid_token"
+    else:
+        assert code == 0, err
+        assert response.status_code == 200, response.text
+
+
+def test_claim_with_a_lone_surrogate_is_no_crash(
+    kit: Kit, keys_dir: Path, protected: Server, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A signed claim "\ud800" is valid JSON but not text: accepting it or refusing it as
+    # malformed are both fine; a traceback or a 500 is not.
+    token = kit.token(payload=kit.claims(userId="\ud800"))
+    code, out, err = run_verify(token, capsys)
+    if code != 0:
+        assert_refused_by_verify(code, out, err, "malformed")
+    response = call(protected, f"Bearer {token}")
+    assert response.status_code in (200, 401), response.text

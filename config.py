@@ -6,11 +6,13 @@ has the guide's default and an environment variable, validated once by ``load_co
 
 from __future__ import annotations
 
+import argparse
 import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NoReturn
 
 DEFAULT_PASSPHRASE = "some-secret-phrase"  # noqa: S105 (the guide's public default)
 DEFAULT_KID = "my-key-id"
@@ -44,6 +46,14 @@ class UsageError(AppError):
     """A usage error, a bad setting or a missing input file: exit 2."""
 
     exit_code = 2
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse whose usage errors are one stderr line and exit 2, like every expected failure."""
+
+    def error(self, message: str) -> NoReturn:
+        """Print ``<prog>: error: <message> (see --help)`` and exit 2."""
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
 @dataclass(frozen=True)
@@ -89,7 +99,10 @@ def parse_duration(text: str) -> int:
     match = _DURATION.fullmatch(text)
     if not match or match.group(2).lower() not in {"", *_UNITS}:
         raise ValueError(f"{text!r} is not a duration (examples: 3600, 30s, 15m, 2h, 1d, 1 day)")
-    seconds = int(float(match.group(1)) * _UNITS.get(match.group(2).lower(), 1))
+    try:
+        seconds = int(float(match.group(1)) * _UNITS.get(match.group(2).lower(), 1))
+    except OverflowError:
+        raise ValueError(f"{text!r} is too long a duration") from None
     if seconds < 1:
         raise ValueError(f"{text!r} is shorter than one second")
     return seconds

@@ -7,7 +7,6 @@ even when a step fails. Every step is the real script, run as a user would run i
 
 from __future__ import annotations
 
-import argparse
 import socket
 import subprocess
 import sys
@@ -18,7 +17,7 @@ from pathlib import Path
 
 import requests
 
-from config import AppError, Config, load_config
+from config import AppError, ArgumentParser, Config, load_config
 
 HERE = Path(__file__).resolve().parent
 READY_SECONDS = 20
@@ -96,7 +95,7 @@ def run(config: Config) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the demo; return the exit code."""
-    argparse.ArgumentParser(
+    ArgumentParser(
         prog="demo.py",
         description="Run the whole guide end to end (make demo), honouring the environment "
         "variables of config.py, and stop the servers it started.",

@@ -15,7 +15,14 @@ from datetime import UTC, datetime
 
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from config import PRIVATE_KEY_FILE, PUBLIC_KEY_FILE, AppError, Config, load_config
+from config import (
+    PRIVATE_KEY_FILE,
+    PUBLIC_KEY_FILE,
+    AppError,
+    ArgumentParser,
+    Config,
+    load_config,
+)
 from keystore import (
     KEYRING_FILE,
     NEXT_PRIVATE_KEY_FILE,
@@ -169,7 +176,7 @@ def _kid(text: str) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     """The command line of step 1."""
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="gen.py",
         description="Step 1: generate the encrypted RSA key pair in the keys folder "
         "($JWT_KEYS_DIR, default keys/), or rotate keys.",

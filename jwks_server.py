@@ -23,7 +23,7 @@ from typing import Any
 from flask import Flask, Response, abort, request
 from jwcrypto.jwk import JWK
 
-from config import PUBLIC_KEY_FILE, AppError, Config, load_config
+from config import PUBLIC_KEY_FILE, AppError, ArgumentParser, Config, load_config
 from keystore import KEYRING_FILE, apply_changes, public_key_from_pem, read_keyring
 from verify import ALGORITHM
 from web import add_json_errors, run_dev_server
@@ -113,7 +113,7 @@ def create_app(config: Config | None = None) -> Flask:
 
 def build_parser() -> argparse.ArgumentParser:
     """The command line of step 4.a."""
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="jwks_server.py",
         description="Step 4.a: serve the public keys as a JWKS on http://$JWT_BIND_HOST:$JWKS_PORT"
         "/keys (default 127.0.0.1:3344), or write it to a file with --export.",

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 import requests
 
-from config import AppError, UsageError, load_config
+from config import AppError, ArgumentParser, UsageError, load_config
 
 TIMEOUT = (5.0, 30.0)  # connect, read
 
@@ -38,7 +38,7 @@ def call(url: str, token: str) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     """The command line of step 4.c."""
-    return argparse.ArgumentParser(
+    return ArgumentParser(
         prog="make_request.py",
         description="Step 4.c: send token.txt as a Bearer token to $PROTECTED_URL "
         "(default http://localhost:2233/with-auth) and print the answer.",

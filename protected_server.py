@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 from flask import Flask, Response, current_app, request
 
-from config import AppError, Config, load_config
+from config import AppError, ArgumentParser, Config, load_config
 from jwks_client import JwksClient, JwksUnavailable, PublishedKey
 from verify import MAX_TOKEN_BYTES, Policy, VerificationError, parse_token, verify_token
 from web import ApiError, add_json_errors, run_dev_server
@@ -196,7 +196,7 @@ def create_app(config: Config | None = None, jwks: JwksClient | None = None) -> 
 
 def build_parser() -> argparse.ArgumentParser:
     """The command line of step 4.b."""
-    return argparse.ArgumentParser(
+    return ArgumentParser(
         prog="protected_server.py",
         description="Step 4.b: serve GET /with-auth on http://$JWT_BIND_HOST:$PROTECTED_PORT "
         "(default 127.0.0.1:2233), checking Bearer tokens against the JWKS at $JWKS_URI "

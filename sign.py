@@ -15,7 +15,7 @@ from typing import Any
 
 import jwt
 
-from config import AppError, Config, UsageError, load_config, parse_duration
+from config import AppError, ArgumentParser, Config, UsageError, load_config, parse_duration
 from keystore import apply_changes, load_private_key, read_keyring, thumbprint
 from verify import ALGORITHM
 
@@ -46,10 +46,15 @@ def sign_token(config: Config, claims: dict[str, Any]) -> str:
     return jwt.encode(claims, key, algorithm=ALGORITHM, headers={"kid": kid, "typ": "JWT"})
 
 
+def _not_json(name: str) -> None:
+    raise ValueError(f"{name} is not JSON")
+
+
 def _payload(text: str) -> dict[str, Any]:
     try:
-        value = json.loads(text)
-    except ValueError as e:
+        # NaN and Infinity would make a token that verify.py refuses as malformed.
+        value = json.loads(text, parse_constant=_not_json)
+    except (ValueError, RecursionError) as e:
         raise argparse.ArgumentTypeError(f"not valid JSON: {e}") from None
     if not isinstance(value, dict):
         raise argparse.ArgumentTypeError("must be a JSON object, like '{\"userId\": \"a-b-c-d\"}'")
@@ -65,7 +70,7 @@ def _duration(text: str) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The command line of step 2."""
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="sign.py",
         description="Step 2: sign an RS256 JWT with the private key and save it to token.txt.",
     )

@@ -43,7 +43,7 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 from jwt.algorithms import RSAAlgorithm
 
-from config import AppError, UsageError, load_config, parse_duration
+from config import AppError, ArgumentParser, UsageError, load_config, parse_duration
 from keystore import load_public_key
 
 ALGORITHM = "RS256"  # the only algorithm accepted; never taken from the token
@@ -279,7 +279,7 @@ def _seconds(text: str) -> float:
 
 def build_parser() -> argparse.ArgumentParser:
     """The command line of step 3."""
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="verify.py",
         description="Step 3: verify the RS256 token with the public key and print its claims.",
     )

@@ -1,0 +1,247 @@
+"""config.py: defaults, environment overrides, validation; bad values stop every script cleanly."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import gen
+import jwks_server
+import make_request
+import protected_server
+import sign
+import verify
+from config import (
+    DEFAULT_ISSUER,
+    DEFAULT_KID,
+    DEFAULT_PASSPHRASE,
+    Config,
+    UsageError,
+    load_config,
+    parse_duration,
+)
+from tests.conftest import assert_clean_error, run_script, script_env
+
+HUGE = "9" * 400  # a number of seconds too large for a float
+
+MainFunction = Callable[[Sequence[str] | None], int]
+MAINS: dict[str, MainFunction] = {
+    "gen": gen.main,
+    "sign": sign.main,
+    "verify": verify.main,
+    "jwks_server": jwks_server.main,
+    "protected_server": protected_server.main,
+    "make_request": make_request.main,
+}
+SCRIPTS = (
+    "gen.py", "sign.py", "verify.py", "jwks_server.py", "protected_server.py", "make_request.py",
+)  # fmt: skip
+
+
+def error_line(err: str) -> str:
+    """The one line an expected failure prints to stderr (and no traceback, no secret)."""
+    assert_clean_error(err)
+    lines = err.splitlines()
+    assert len(lines) == 1, f"expected exactly one stderr line, got {len(lines)}:\n{err}"
+    return lines[0]
+
+
+# --- defaults and overrides ----------------------------------------------------------------
+
+
+def test_defaults_are_the_guides() -> None:
+    config = load_config({})
+    assert config.passphrase == DEFAULT_PASSPHRASE == "some-secret-phrase"
+    assert config.kid == DEFAULT_KID == "my-key-id"
+    assert config.issuer == DEFAULT_ISSUER == "my-issuer-name"
+    assert config.keys_dir == Path("keys")
+    assert not config.keys_dir.is_absolute()
+    assert config.expires_in == 86400
+    assert config.jwks_port == 3344
+    assert config.protected_port == 2233
+    assert config.bind_host == "127.0.0.1"
+    assert config.jwks_uri == "http://localhost:3344/keys"
+    assert config.protected_url == "http://localhost:2233/with-auth"
+    assert config.jwks_requests_per_minute == 5
+    assert config.jwks_cache_seconds == 600
+    assert config.token_cache_size >= 0
+    assert config.server_workers == (os.cpu_count() or 1)
+
+
+def test_guide_file_names_in_the_keys_folder(tmp_path: Path) -> None:
+    config = load_config({"JWT_KEYS_DIR": str(tmp_path)})
+    assert config.private_key_path == tmp_path / ".private.key"
+    assert config.public_key_path == tmp_path / ".public.key.pem"
+    assert config.token_path == tmp_path / "token.txt"
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "field", "expected"),
+    [
+        ("JWT_PASSPHRASE", "another phrase", "passphrase", "another phrase"),
+        ("JWT_KID", "key-2", "kid", "key-2"),
+        ("JWT_ISSUER", "https://issuer.example", "issuer", "https://issuer.example"),
+        ("JWT_KEYS_DIR", "/srv/keys", "keys_dir", Path("/srv/keys")),
+        ("JWT_EXPIRES_IN", "90", "expires_in", 90),
+        ("JWT_EXPIRES_IN", "15m", "expires_in", 900),
+        ("JWKS_PORT", "4000", "jwks_port", 4000),
+        ("PROTECTED_PORT", "5000", "protected_port", 5000),
+        ("JWT_BIND_HOST", "0.0.0.0", "bind_host", "0.0.0.0"),  # noqa: S104
+        ("JWKS_URI", "http://127.0.0.1:9/jwks.json", "jwks_uri", "http://127.0.0.1:9/jwks.json"),
+        ("PROTECTED_URL", "https://api.example/x", "protected_url", "https://api.example/x"),
+        ("JWKS_REQUESTS_PER_MINUTE", "10", "jwks_requests_per_minute", 10),
+        ("JWKS_CACHE_SECONDS", "60", "jwks_cache_seconds", 60),
+        ("TOKEN_CACHE_SIZE", "0", "token_cache_size", 0),
+        ("TOKEN_CACHE_SIZE", "50", "token_cache_size", 50),
+        ("SERVER_WORKERS", "3", "server_workers", 3),
+    ],
+    ids=lambda v: str(v) if not isinstance(v, Path) else "path",
+)
+def test_every_value_has_an_environment_variable(
+    variable: str, value: str, field: str, expected: Any
+) -> None:
+    config = load_config({variable: value})
+    assert getattr(config, field) == expected
+    unchanged = load_config({})
+    others = [f.name for f in dataclasses.fields(Config) if f.name != field]
+    assert {n: getattr(config, n) for n in others if n not in {"jwks_uri", "protected_url"}} == {
+        n: getattr(unchanged, n) for n in others if n not in {"jwks_uri", "protected_url"}
+    }
+
+
+def test_urls_follow_the_ports_unless_set() -> None:
+    config = load_config({"JWKS_PORT": "4001", "PROTECTED_PORT": "4002"})
+    assert config.jwks_uri == "http://localhost:4001/keys"
+    assert config.protected_url == "http://localhost:4002/with-auth"
+    config = load_config({"JWKS_PORT": "4001", "JWKS_URI": "http://127.0.0.1:9/keys"})
+    assert config.jwks_uri == "http://127.0.0.1:9/keys"
+
+
+def test_load_config_reads_os_environ_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("JWT_ISSUER", "from-the-environment")
+    assert load_config().issuer == "from-the-environment"
+
+
+def test_config_is_immutable() -> None:
+    config = load_config({})
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.issuer = "changed"  # type: ignore[misc]
+
+
+# --- durations -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [
+        ("3600", 3600),
+        ("30s", 30),
+        ("15m", 900),
+        ("2h", 7200),
+        ("1d", 86400),
+        ("1 day", 86400),
+        ("2 days", 172800),
+        ("1 DAY", 86400),
+        (" 2h ", 7200),
+        ("1.5h", 5400),
+        ("1w", 604800),
+    ],
+    ids=lambda v: repr(v) if isinstance(v, str) else str(v),
+)
+def test_parse_duration(text: str, seconds: int) -> None:
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["", "soon", "1 fortnight", "-5", "0", "0s", "0.2s", "1h30", "h", "1 d d", HUGE + "d"],
+    ids=["empty", "word", "unknown-unit", "negative", "zero", "zero-s", "under-1s",
+         "two-numbers", "unit-only", "two-units", "huge"],
+)  # fmt: skip
+def test_parse_duration_refuses(text: str) -> None:
+    with pytest.raises(ValueError, match=r"duration|second|large|long"):
+        parse_duration(text)
+
+
+# --- bad values ----------------------------------------------------------------------------
+
+BAD_VALUES = [
+    ("JWKS_PORT", "abc"),
+    ("JWKS_PORT", "0"),
+    ("PROTECTED_PORT", "70000"),
+    ("PROTECTED_PORT", "22.5"),
+    ("JWT_EXPIRES_IN", "soon"),
+    ("JWT_EXPIRES_IN", "0"),
+    ("JWT_EXPIRES_IN", HUGE),
+    ("JWKS_REQUESTS_PER_MINUTE", "0"),
+    ("JWKS_CACHE_SECONDS", "-1"),
+    ("TOKEN_CACHE_SIZE", "many"),
+    ("SERVER_WORKERS", "0"),
+    ("JWKS_URI", "not a url"),
+    ("PROTECTED_URL", "ftp://example/with-auth"),
+    ("JWT_KID", ""),
+    ("JWT_ISSUER", "  "),
+    ("JWT_KEYS_DIR", ""),
+    ("JWT_BIND_HOST", ""),
+    ("JWT_PASSPHRASE", ""),
+]
+BAD_IDS = [f"{name}={value[:8]!r}" for name, value in BAD_VALUES]
+
+
+@pytest.mark.parametrize(("variable", "value"), BAD_VALUES, ids=BAD_IDS)
+def test_bad_value_is_a_usage_error_naming_the_variable(variable: str, value: str) -> None:
+    with pytest.raises(UsageError) as raised:
+        load_config({variable: value})
+    message = str(raised.value)
+    assert variable in message
+    assert "\n" not in message
+    assert raised.value.exit_code == 2
+
+
+@pytest.mark.parametrize("script", list(MAINS), ids=list(MAINS))
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [("JWKS_PORT", "abc"), ("JWT_EXPIRES_IN", "soon")],
+    ids=["port-not-a-number", "lifetime-unparsable"],
+)
+def test_bad_value_stops_every_script_with_one_line(
+    script: str,
+    variable: str,
+    value: str,
+    *,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    def no_server(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a server started despite a bad setting")
+
+    monkeypatch.setattr(jwks_server, "run_dev_server", no_server)
+    monkeypatch.setattr(protected_server, "run_dev_server", no_server)
+    monkeypatch.setenv("JWT_KEYS_DIR", str(tmp_path / "keys"))
+    monkeypatch.setenv(variable, value)
+    assert MAINS[script]([]) == 2
+    captured = capsys.readouterr()
+    line = error_line(captured.err)
+    assert line.startswith(f"{script}: ")
+    assert variable in line
+    assert_clean_error(captured.out)
+    assert not (tmp_path / "keys").exists()
+
+
+# --- --help --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("script", SCRIPTS, ids=SCRIPTS)
+def test_help_works_with_no_keys(script: str, tmp_path: Path) -> None:
+    keys = tmp_path / "keys"
+    result = run_script(script, "--help", env=script_env(JWT_KEYS_DIR=str(keys)), timeout=30)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("usage: ")
+    assert result.stderr == ""
+    assert not keys.exists()

@@ -1,0 +1,570 @@
+"""verify.py, step 3: every reason a token is refused, the token and key sources, --inspect."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jwt
+import pytest
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, padding
+from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
+
+import verify
+from config import DEFAULT_ISSUER, DEFAULT_KID
+from tests.conftest import TokenFactory, assert_clean_error
+
+HOUR = 3600
+DAY = 86400
+
+
+def error_line(err: str) -> str:
+    """The one line an expected failure prints to stderr (and no traceback, no secret)."""
+    assert_clean_error(err)
+    lines = err.splitlines()
+    assert len(lines) == 1, f"expected exactly one stderr line, got {len(lines)}:\n{err}"
+    return lines[0]
+
+
+def assert_reason(line: str, reason: str) -> None:
+    """``verify: <reason>``, optionally followed by ``: <detail>``."""
+    assert line == f"verify: {reason}" or line.startswith(f"verify: {reason}: "), line
+
+
+def b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def raw_token(
+    header: dict[str, Any] | bytes,
+    payload: dict[str, Any] | bytes,
+    key: RSAPrivateKey | None = None,
+) -> str:
+    """A compact JWS built by hand (any header, any payload bytes); unsigned if no key."""
+    h = header if isinstance(header, bytes) else json.dumps(header).encode()
+    p = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+    signing_input = f"{b64(h)}.{b64(p)}"
+    signature = (
+        key.sign(signing_input.encode(), padding.PKCS1v15(), hashes.SHA256()) if key else b""
+    )
+    return f"{signing_input}.{b64(signature)}"
+
+
+@dataclass
+class Tokens:
+    """What a case needs to build its token."""
+
+    make: TokenFactory
+    key: RSAPrivateKey
+    other: RSAPrivateKey
+    now: int
+
+    def claims(self, **extra: Any) -> dict[str, Any]:
+        """Valid claims, with ``extra`` added or replaced."""
+        return {"userId": "a-b-c-d", "iat": self.now, "exp": self.now + HOUR,
+                "iss": DEFAULT_ISSUER, **extra}  # fmt: skip
+
+    def header(self, **extra: Any) -> dict[str, Any]:
+        return {"alg": "RS256", "typ": "JWT", "kid": DEFAULT_KID, **extra}
+
+    def public_jwk(self, key: RSAPrivateKey) -> dict[str, Any]:
+        return json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(key.public_key()))  # type: ignore[no-any-return]
+
+
+@pytest.fixture
+def tokens(
+    make_token: TokenFactory, private_key: RSAPrivateKey, other_private_key: RSAPrivateKey
+) -> Tokens:
+    return Tokens(make_token, private_key, other_private_key, int(time.time()))
+
+
+def run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    """Run verify.main; return (exit code, stdout, stderr)."""
+    try:
+        code = verify.main(argv)
+    except SystemExit as e:
+        code = e.code  # type: ignore[assignment]
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def decoded(out: str) -> dict[str, Any]:
+    """The claims printed by a successful verification."""
+    lines = out.splitlines()
+    assert len(lines) == 1
+    prefix = "Decoded token data "
+    assert lines[0].startswith(prefix)
+    value = json.loads(lines[0].removeprefix(prefix))
+    assert isinstance(value, dict)
+    return value
+
+
+def hs256_with_public_key(t: Tokens) -> str:
+    """The classic key confusion: HMAC keyed with the RSA public key's PEM."""
+    secret = t.key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    header, claims = json.dumps(t.header(alg="HS256")), json.dumps(t.claims())
+    signing_input = f"{b64(header.encode())}.{b64(claims.encode())}"
+    mac = hmac.new(secret, signing_input.encode(), hashlib.sha256).digest()
+    return f"{signing_input}.{b64(mac)}"
+
+
+def non_canonical_signature(t: Tokens) -> str:
+    """A valid token whose last signature character has a non-zero unused bit."""
+    token = t.make()
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+    assert len(token.split(".")[2]) % 4 in (2, 3)
+    last = alphabet[alphabet.index(token[-1]) ^ 1]
+    return token[:-1] + last
+
+
+def swapped_signature(t: Tokens) -> str:
+    """The payload of one valid token with the signature of another."""
+    first, second = t.make(userId="alice"), t.make(userId="mallory")
+    return first.rsplit(".", 1)[0] + "." + second.rsplit(".", 1)[1]
+
+
+def tampered_payload(t: Tokens) -> str:
+    header, _, signature = t.make().split(".")
+    return f"{header}.{b64(json.dumps(t.claims(userId='admin')).encode())}.{signature}"
+
+
+def replace_segment(token: str, index: int, value: str) -> str:
+    parts = token.split(".")
+    parts[index] = value
+    return ".".join(parts)
+
+
+Build = Callable[[Tokens], str]
+
+# (id, token, extra argv, extra environment, reason)
+REFUSALS: list[tuple[str, Build, list[str], dict[str, str], str]] = [
+    ("expired", lambda t: t.make(now=t.now - 2 * HOUR, exp=t.now - HOUR), [], {}, "expired"),
+    ("expired-beyond-leeway", lambda t: t.make(now=t.now - 2 * HOUR, exp=t.now - HOUR),
+     ["--leeway", "60"], {}, "expired"),
+    ("signed-by-other-key", lambda t: t.make(key=t.other), [], {}, "invalid signature"),
+    ("tampered-payload", tampered_payload, [], {}, "invalid signature"),
+    ("swapped-signature", swapped_signature, [], {}, "invalid signature"),
+    ("empty-signature", lambda t: t.make().rsplit(".", 1)[0] + ".", [], {},
+     "invalid signature"),
+    ("embedded-jwk-ignored", lambda t: t.make(key=t.other, header={"jwk": t.public_jwk(t.other)}),
+     [], {}, "invalid signature"),
+    ("jku-x5u-ignored", lambda t: t.make(key=t.other, header={
+        "jku": "http://127.0.0.1:9/jwks.json", "x5u": "http://127.0.0.1:9/cert.pem"}),
+     [], {}, "invalid signature"),
+    ("x5c-ignored", lambda t: t.make(key=t.other, header={"x5c": ["MIIB"]}), [], {},
+     "invalid signature"),
+    ("issuer-other", lambda t: t.make(iss="someone-else"), [], {}, "issuer"),
+    ("issuer-prefix", lambda t: t.make(iss="my-issuer"), [], {}, "issuer"),
+    ("issuer-superstring", lambda t: t.make(iss="my-issuer-name-2"), [], {}, "issuer"),
+    ("issuer-case", lambda t: t.make(iss="MY-ISSUER-NAME"), [], {}, "issuer"),
+    ("issuer-space", lambda t: t.make(iss="my-issuer-name "), [], {}, "issuer"),
+    ("issuer-list", lambda t: raw_token(t.header(), t.claims(iss=[DEFAULT_ISSUER]), t.key), [],
+     {}, "issuer"),
+    ("issuer-configured", lambda t: t.make(), [], {"JWT_ISSUER": "another-issuer"}, "issuer"),
+    ("alg-none", lambda t: raw_token(t.header(alg="none"), t.claims()), [], {}, "algorithm"),
+    ("alg-none-signed", lambda t: raw_token(t.header(alg="none"), t.claims(), t.key), [], {},
+     "algorithm"),
+    ("alg-hs256-key-confusion", hs256_with_public_key, [], {}, "algorithm"),
+    ("alg-rs512", lambda t: jwt.encode(t.claims(), t.key, algorithm="RS512"), [], {},
+     "algorithm"),
+    ("alg-ps256", lambda t: jwt.encode(t.claims(), t.key, algorithm="PS256"), [], {},
+     "algorithm"),
+    ("alg-lowercase", lambda t: raw_token(t.header(alg="rs256"), t.claims(), t.key), [], {},
+     "algorithm"),
+    ("alg-missing", lambda t: raw_token({"typ": "JWT"}, t.claims(), t.key), [], {},
+     "algorithm"),
+    ("alg-list", lambda t: raw_token(t.header(alg=["RS256"]), t.claims(), t.key), [], {},
+     "algorithm"),
+    ("malformed-empty", lambda t: "", [], {}, "malformed"),
+    ("malformed-one-segment", lambda t: "abc", [], {}, "malformed"),
+    ("malformed-two-segments", lambda t: t.make().rsplit(".", 1)[0], [], {}, "malformed"),
+    ("malformed-four-segments", lambda t: t.make() + ".e30", [], {}, "malformed"),
+    ("malformed-header-base64", lambda t: replace_segment(t.make(), 0, "e!!!"), [], {},
+     "malformed"),
+    ("malformed-payload-base64", lambda t: replace_segment(t.make(), 1, "eyJ+/"), [], {},
+     "malformed"),
+    ("malformed-signature-base64", lambda t: t.make() + "*", [], {}, "malformed"),
+    ("malformed-padding", lambda t: replace_segment(
+        t.make(), 0, b64(json.dumps(t.header()).encode()) + "=" * 2), [], {}, "malformed"),
+    ("malformed-non-canonical", non_canonical_signature, [], {}, "malformed"),
+    ("malformed-space-inside", lambda t: t.make().replace(".", ". ", 1), [], {}, "malformed"),
+    ("malformed-header-not-json", lambda t: raw_token(b"{alg: RS256}", t.claims(), t.key),
+     [], {}, "malformed"),
+    ("malformed-header-array", lambda t: raw_token(b'["RS256"]', t.claims(), t.key), [], {},
+     "malformed"),
+    ("malformed-header-duplicate", lambda t: raw_token(
+        b'{"alg":"RS256","alg":"RS256","typ":"JWT"}', t.claims(), t.key), [], {}, "malformed"),
+    ("malformed-payload-not-json", lambda t: raw_token(t.header(), b"not json", t.key), [], {},
+     "malformed"),
+    ("malformed-payload-array", lambda t: raw_token(t.header(), b"[1]", t.key), [], {},
+     "malformed"),
+    ("malformed-exp-string", lambda t: t.make(exp=str(t.now + HOUR)), [], {}, "malformed"),
+    ("malformed-iat-boolean", lambda t: t.make(iat=True), [], {}, "malformed"),
+    ("malformed-too-large", lambda t: t.make(padding="x" * 9000), [], {}, "malformed"),
+    ("not-yet-valid-nbf", lambda t: t.make(nbf=t.now + HOUR), [], {}, "not yet valid"),
+    ("not-yet-valid-iat", lambda t: t.make(iat=t.now + HOUR, exp=t.now + 2 * HOUR), [], {},
+     "not yet valid"),
+    ("too-old-default-1d", lambda t: t.make(now=t.now - DAY - HOUR, exp=t.now + HOUR), [], {},
+     "too old"),
+    ("too-old-max-age-seconds", lambda t: t.make(now=t.now - 2 * HOUR, exp=t.now + HOUR),
+     ["--max-age", "3600"], {}, "too old"),
+    ("too-old-max-age-1h", lambda t: t.make(now=t.now - 2 * HOUR, exp=t.now + HOUR),
+     ["--max-age", "1h"], {}, "too old"),
+    ("missing-exp", lambda t: t.make(drop=("exp",)), [], {}, "missing claim exp"),
+    ("missing-iat", lambda t: t.make(drop=("iat",)), [], {}, "missing claim iat"),
+    ("missing-iss", lambda t: t.make(drop=("iss",)), [], {}, "missing claim iss"),
+    ("crit", lambda t: raw_token(t.header(crit=["exp"], exp=t.now + HOUR), t.claims(), t.key),
+     [], {}, "unsupported critical header"),
+    ("crit-empty", lambda t: raw_token(t.header(crit=[]), t.claims(), t.key), [], {},
+     "unsupported critical header"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("build", "argv", "env", "reason"),
+    [case[1:] for case in REFUSALS],
+    ids=[case[0] for case in REFUSALS],
+)
+def test_refusals(
+    build: Build,
+    argv: list[str],
+    env: dict[str, str],
+    reason: str,
+    *,
+    tokens: Tokens,
+    keys_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    (keys_dir / "token.txt").write_text(build(tokens) + "\n")
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    code, out, err = run(argv, capsys)
+    assert code == 1
+    assert_reason(error_line(err), reason)
+    assert out == ""
+
+
+@pytest.mark.parametrize(
+    "build",
+    [lambda t: raw_token(t.header(alg="none"), t.claims()), hs256_with_public_key,
+     lambda t: jwt.encode(t.claims(), t.key, algorithm="RS384")],
+    ids=["none", "hs256", "rs384"],
+)  # fmt: skip
+def test_algorithm_is_refused_before_the_key_is_used(
+    build: Build,
+    tokens: Tokens,
+    keys_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    def no_signature_check(*args: object) -> bool:
+        raise AssertionError("the signature was checked before the algorithm")
+
+    monkeypatch.setattr(verify, "signature_is_valid", no_signature_check)
+    code, _, err = run(["--token", build(tokens)], capsys)
+    assert code == 1
+    assert_reason(error_line(err), "algorithm")
+
+
+@pytest.mark.parametrize("claim", ["nbf", "exp", "iat"])
+def test_huge_integer_date_is_refused_cleanly(
+    claim: str, tokens: Tokens, keys_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    token = raw_token(tokens.header(), tokens.claims(**{claim: 10**400}), tokens.key)
+    code, _, err = run(["--token", token], capsys)
+    assert code == 1
+    line = error_line(err)
+    assert line.startswith(("verify: malformed", "verify: not yet valid", "verify: expired")), line
+
+
+# --- success -------------------------------------------------------------------------------
+
+# (id, token, extra argv, extra environment)
+ACCEPTED: list[tuple[str, Build, list[str], dict[str, str]]] = [
+    ("default", lambda t: t.make(), [], {}),
+    ("nbf-passed", lambda t: t.make(nbf=t.now - 60), [], {}),
+    ("extra-claims", lambda t: t.make(roles=["a", "b"], nested={"x": 1}), [], {}),
+    ("no-kid", lambda t: raw_token({"alg": "RS256", "typ": "JWT"}, t.claims(), t.key), [], {}),
+    ("leeway-on-exp", lambda t: t.make(now=t.now - HOUR, exp=t.now - 30),
+     ["--leeway", "3600"], {}),
+    ("leeway-on-nbf", lambda t: t.make(nbf=t.now + 30), ["--leeway", "1h"], {}),
+    ("leeway-on-iat", lambda t: t.make(iat=t.now + 30), ["--leeway", "3600"], {}),
+    ("max-age-longer", lambda t: t.make(now=t.now - DAY - HOUR, exp=t.now + HOUR),
+     ["--max-age", "2d"], {}),
+    ("max-age-default-1d", lambda t: t.make(now=t.now - DAY + HOUR, exp=t.now + HOUR), [], {}),
+    ("issuer-configured", lambda t: t.make(iss="https://issuer.example"), [],
+     {"JWT_ISSUER": "https://issuer.example"}),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("build", "argv", "env"), [case[1:] for case in ACCEPTED], ids=[case[0] for case in ACCEPTED]
+)
+def test_accepted(
+    build: Build,
+    argv: list[str],
+    env: dict[str, str],
+    *,
+    tokens: Tokens,
+    keys_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    token = build(tokens)
+    (keys_dir / "token.txt").write_text(token + "\n")
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    code, out, err = run(argv, capsys)
+    assert (code, err) == (0, "")
+    assert decoded(out) == json.loads(base64.urlsafe_b64decode(token.split(".")[1] + "=="))
+
+
+@pytest.mark.parametrize(
+    ("source", "text"),
+    [("token.txt", "{t}\n"), ("token.txt", "\n\t  {t}  \r\n\n"), ("--token", "{t}"),
+     ("--token", "  {t}\n"), ("--token-file", "{t}"), ("--token-file", "\n {t} \n")],
+    ids=["token.txt", "token.txt-whitespace", "--token", "--token-whitespace", "--token-file",
+         "--token-file-whitespace"],
+)  # fmt: skip
+def test_token_sources(
+    source: str,
+    text: str,
+    *,
+    tokens: Tokens,
+    keys_dir: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    token = tokens.make(userId=source)
+    content = text.format(t=token)
+    # A stale token.txt must lose against an explicit source.
+    (keys_dir / "token.txt").write_text(tokens.make(userId="stale") + "\n")
+    if source == "token.txt":
+        (keys_dir / "token.txt").write_text(content)
+        argv: list[str] = []
+    elif source == "--token":
+        argv = ["--token", content]
+    else:
+        path = tmp_path / "elsewhere" / "my token.txt"
+        path.parent.mkdir()
+        path.write_text(content)
+        argv = ["--token-file", str(path)]
+    code, out, err = run(argv, capsys)
+    assert (code, err) == (0, "")
+    assert decoded(out)["userId"] == source
+
+
+def test_public_key_option(
+    tokens: Tokens, keys_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    other_pem = tmp_path / "other.pem"
+    other_pem.write_bytes(
+        tokens.other.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
+    signed_by_other = tokens.make(key=tokens.other)
+    code, out, err = run(["--token", signed_by_other, "--public-key", str(other_pem)], capsys)
+    assert (code, err) == (0, "")
+    assert decoded(out)["userId"] == "a-b-c-d"
+    # ...and the option really replaces the default key.
+    code, out, err = run(["--token", tokens.make(), "--public-key", str(other_pem)], capsys)
+    assert code == 1
+    assert_reason(error_line(err), "invalid signature")
+
+
+# --- input errors --------------------------------------------------------------------------
+
+
+def test_missing_token(empty_keys_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run([], capsys)
+    assert code == 2
+    line = error_line(err)
+    assert line.startswith("verify: ")
+    assert str(empty_keys_dir / "token.txt") in line
+    assert line.endswith("run sign.py first")
+    assert out == ""
+
+
+def test_missing_token_file(
+    keys_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    missing = tmp_path / "nowhere.txt"
+    code, _, err = run(["--token-file", str(missing)], capsys)
+    assert code == 2
+    assert str(missing) in error_line(err)
+
+
+def test_missing_public_key(
+    tokens: Tokens, keys_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (keys_dir / ".public.key.pem").unlink()
+    code, _, err = run(["--token", tokens.make()], capsys)
+    assert code == 2
+    line = error_line(err)
+    assert str(keys_dir / ".public.key.pem") in line
+    assert "run gen.py first" in line
+
+
+def test_missing_public_key_option(
+    tokens: Tokens, keys_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    missing = tmp_path / "missing.pem"
+    code, _, err = run(["--token", tokens.make(), "--public-key", str(missing)], capsys)
+    assert code == 2
+    assert str(missing) in error_line(err)
+
+
+@pytest.mark.parametrize("kind", ["garbage", "ec-key", "private-key"])
+def test_public_key_that_is_not_an_rsa_public_key(
+    kind: str, tokens: Tokens, keys_dir: Path, tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    path = tmp_path / "key.pem"
+    if kind == "garbage":
+        path.write_text("not a key\n")
+    elif kind == "ec-key":
+        path.write_bytes(
+            ec.generate_private_key(ec.SECP256R1())
+            .public_key()
+            .public_bytes(
+                serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+            )
+        )
+    else:
+        path.write_bytes((keys_dir / ".private.key").read_bytes())
+    code, out, err = run(["--token", tokens.make(), "--public-key", str(path)], capsys)
+    assert code == 1
+    line = error_line(err)
+    assert line.startswith("verify: ")
+    assert str(path) in line
+    assert out == ""
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["--token", "x", "--token-file", "y"], ["--max-age", "soon"], ["--leeway", "abc"],
+     ["--max-age", "9" * 400 + "d"], ["--bogus"]],
+    ids=["token-and-token-file", "max-age-word", "leeway-word", "max-age-huge", "unknown-option"],
+)  # fmt: skip
+def test_usage_errors(argv: list[str], keys_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run(argv, capsys)
+    assert code == 2
+    error_line(err)
+    assert out == ""
+
+
+# --- --inspect -----------------------------------------------------------------------------
+
+
+def inspected(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, list[str]]:
+    code, out, err = run(["--inspect", *argv], capsys)
+    assert_clean_error(out + err)
+    assert err == ""
+    return code, out.splitlines()
+
+
+def line_starting(lines: list[str], prefix: str) -> str:
+    found = [line for line in lines if line.lstrip().startswith(prefix)]
+    assert len(found) == 1, (prefix, lines)
+    return found[0]
+
+
+def test_inspect_valid_token(
+    tokens: Tokens, keys_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    token = tokens.make(nbf=tokens.now - 60)
+    code, lines = inspected(["--token", token], capsys)
+    assert code == 0
+    assert "NOT VERIFIED" in lines[0].upper()
+    header = json.loads(line_starting(lines, "header:").split(":", 1)[1])
+    assert header == {"alg": "RS256", "kid": DEFAULT_KID, "typ": "JWT"}
+    claims = json.loads(line_starting(lines, "claims:").split(":", 1)[1])
+    assert claims["userId"] == "a-b-c-d"
+    for claim in ("iat", "exp", "nbf"):
+        assert "UTC" in line_starting(lines, f"{claim}:")
+    assert "in " in line_starting(lines, "exp:")  # time left
+    assert "verified" in line_starting(lines, "signature:")
+    assert lines[-1] == "checks: all pass"
+
+
+def test_inspect_lists_every_failing_check(
+    tokens: Tokens, keys_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    token = tokens.make(
+        key=tokens.other, iss="someone-else", now=tokens.now - 2 * HOUR, exp=tokens.now - HOUR
+    )
+    code, lines = inspected(["--token", token], capsys)
+    assert code == 1
+    assert "INVALID" in line_starting(lines, "signature:")
+    assert "ago" in line_starting(lines, "exp:")
+    failing = lines[-1]
+    assert failing.startswith("checks failing")
+    for reason in ("invalid signature", "issuer", "expired"):
+        assert reason in failing
+
+
+@pytest.mark.parametrize(
+    ("build", "reason"),
+    [(lambda t: raw_token(t.header(alg="none"), t.claims()), "algorithm"),
+     (lambda t: "abc", "malformed"),
+     (lambda t: replace_segment(t.make(), 1, "eyJ+/"), "malformed"),
+     (lambda t: t.make(drop=("iss",)), "missing claim iss")],
+    ids=["alg-none", "one-segment", "bad-payload", "missing-iss"],
+)  # fmt: skip
+def test_inspect_refused_tokens(
+    build: Build, reason: str, tokens: Tokens, keys_dir: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    code, lines = inspected(["--token", build(tokens)], capsys)
+    assert code == 1
+    assert "NOT VERIFIED" in lines[0].upper()
+    assert lines[-1].startswith("checks failing")
+    assert reason in lines[-1]
+
+
+def test_inspect_shows_header_and_claims_of_an_unverifiable_token(
+    tokens: Tokens, keys_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    token = raw_token(tokens.header(alg="HS256"), tokens.claims(userId="shown"))
+    code, lines = inspected(["--token", token], capsys)
+    assert code == 1
+    assert '"HS256"' in line_starting(lines, "header:")
+    assert '"shown"' in line_starting(lines, "claims:")
+
+
+def test_inspect_huge_dates_without_traceback(
+    tokens: Tokens, keys_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    token = raw_token(tokens.header(), tokens.claims(iat=10**400, exp=-(10**400)))
+    code, lines = inspected(["--token", token], capsys)
+    assert code == 1
+    assert lines[-1].startswith("checks failing")
+
+
+def test_inspect_missing_token(empty_keys_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run(["--inspect"], capsys)
+    assert code == 2
+    assert "run sign.py first" in error_line(err)
+    assert out == ""
+
+
+def test_help_works_with_no_keys(empty_keys_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(["--help"], capsys)
+    assert code == 0
+    assert out.startswith("usage: verify.py")
+    for option in ("--token", "--token-file", "--public-key", "--max-age", "--leeway",
+                   "--inspect"):  # fmt: skip
+        assert option in out
+    assert not empty_keys_dir.exists()

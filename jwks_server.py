@@ -23,7 +23,7 @@ from typing import Any
 from flask import Flask, Response, abort, request
 from jwcrypto.jwk import JWK
 
-from config import PUBLIC_KEY_FILE, AppError, ArgumentParser, Config, load_config
+from config import PUBLIC_KEY_FILE, AppError, ArgumentParser, Config, UsageError, load_config
 from keystore import KEYRING_FILE, apply_changes, public_key_from_pem, read_keyring
 from verify import ALGORITHM
 from web import add_json_errors, run_dev_server
@@ -49,7 +49,7 @@ def build_jwks(keys_dir: Path, default_kid: str) -> dict[str, Any]:
     """
     ring = read_keyring(keys_dir, default_kid)
     if ring.find("current") is None:
-        raise AppError(f"no public key at {keys_dir / PUBLIC_KEY_FILE}: run gen.py first")
+        raise UsageError(f"no public key at {keys_dir / PUBLIC_KEY_FILE}: run gen.py first")
     return {"keys": [public_jwk(r.public_pem, r.kid) for r in ring.records]}
 
 

@@ -29,10 +29,13 @@ import re
 import threading
 import time
 from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from typing import Any
 
 import requests
+import urllib3
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 from jwt import PyJWK, PyJWTError
 
@@ -82,34 +85,54 @@ def _max_age(cache_control: str) -> float | None:
     return float(match.group(1)) if match else None
 
 
-def http_fetch(uri: str, session: requests.Session | None = None) -> tuple[Any, float | None]:
-    """GET the JWKS at ``uri``, within 5 s in all and ``MAX_JWKS_BYTES``.
+def http_fetch(uri: str) -> tuple[Any, float | None]:
+    """GET the JWKS at ``uri``, reading at most ``MAX_JWKS_BYTES``.
 
-    Raises FetchError for any network error, non-200 status, oversized or non-JSON body.
+    Raises FetchError for any network error, non-200 status, oversized or non-JSON body, or
+    a body still arriving after ``FETCH_TIMEOUT``. A server sending its headers slowly is cut
+    off by ``bounded_fetch``, not here.
     """
     deadline = time.monotonic() + FETCH_TIMEOUT
-    http = session or requests
     try:
-        with http.get(
+        with requests.get(
             uri, timeout=FETCH_TIMEOUT, stream=True, allow_redirects=False,
             headers={"User-Agent": USER_AGENT, "Accept": "application/json"},
         ) as response:  # fmt: skip
             if response.status_code != 200:
                 raise FetchError(f"{uri} answered HTTP {response.status_code}")
             body = bytearray()
-            for chunk in response.iter_content(16384):
+            # read1 returns what has arrived; iter_content would wait for a full chunk, so a
+            # server dripping bytes could keep the loop from ever checking the deadline.
+            while chunk := response.raw.read1(16384, decode_content=True):
                 body += chunk
                 if len(body) > MAX_JWKS_BYTES:
                     raise FetchError(f"{uri} sent more than {MAX_JWKS_BYTES} bytes")
                 if time.monotonic() > deadline:
                     raise FetchError(f"{uri} took more than {FETCH_TIMEOUT:.0f} s")
             max_age = _max_age(response.headers.get("Cache-Control", ""))
-    except requests.RequestException as e:
+    except (requests.RequestException, urllib3.exceptions.HTTPError) as e:
         raise FetchError(f"cannot fetch {uri}: {type(e).__name__}") from e
     try:
         return json.loads(bytes(body).decode("utf-8")), max_age
     except (ValueError, RecursionError):
         raise FetchError(f"{uri} did not answer JSON") from None
+
+
+_FETCH_THREADS = ThreadPoolExecutor(max_workers=4, thread_name_prefix="jwks-fetch")
+
+
+def bounded_fetch(uri: str) -> tuple[Any, float | None]:
+    """``http_fetch`` with a hard deadline of ``FETCH_TIMEOUT`` for the whole exchange.
+
+    requests' timeouts bound each socket operation, not the total, so the fetch runs in a
+    worker thread and is abandoned at the deadline (the thread ends at its own next check).
+    Raises FetchError as ``http_fetch`` does, and when the deadline passes.
+    """
+    future = _FETCH_THREADS.submit(http_fetch, uri)
+    try:
+        return future.result(timeout=FETCH_TIMEOUT)
+    except FutureTimeout:
+        raise FetchError(f"{uri} took more than {FETCH_TIMEOUT:g} s") from None
 
 
 def _usable(jwk: Any) -> bool:
@@ -182,8 +205,7 @@ class JwksClient:
         self.cache_seconds = cache_seconds
         self.spacing = 60 / requests_per_minute
         self.fetches = 0
-        self._session = requests.Session()
-        self._fetch: Fetcher = fetch or (lambda uri: http_fetch(uri, self._session))
+        self._fetch: Fetcher = fetch or bounded_fetch
         self._clock = clock
         self._lock = threading.Lock()
         self._snapshot: _Snapshot | None = None

@@ -1,0 +1,448 @@
+"""protected_server.py in process: Bearer parsing, RFC 6750 errors, 503s and the token cache.
+
+The JWKS is injected as a fetch function (no network); the JWKS client's clock and the
+authenticator's clock are injected so that expiry, cache lifetimes and fetch spacing are
+tested by moving time, not by waiting.
+"""
+
+from __future__ import annotations
+
+import base64
+import copy
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import jwt
+import pytest
+from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
+from flask import Flask
+from flask.testing import FlaskClient
+from jwt.algorithms import RSAAlgorithm
+
+import protected_server
+from config import DEFAULT_ISSUER, DEFAULT_KID, load_config
+from jwks_client import FetchError, JwksClient
+from protected_server import Authenticator
+from tests.conftest import TokenFactory, assert_clean_error
+from verify import verify_token
+
+JWKS_URI = "http://127.0.0.1:9/keys"  # never contacted: the fetch is injected
+DAY = 24 * 60 * 60
+
+
+def jwk_of(key: RSAPrivateKey, kid: str) -> dict[str, Any]:
+    jwk: dict[str, Any] = RSAAlgorithm.to_jwk(key.public_key(), as_dict=True)
+    jwk.update({"kid": kid, "use": "sig", "alg": "RS256"})
+    return jwk
+
+
+class FakeClock:
+    """A clock the test moves by hand."""
+
+    def __init__(self, start: float) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+class FakeFetch:
+    """The JWKS fetch, injected: returns ``document`` (a copy) or fails; counts its calls."""
+
+    def __init__(self, *jwks: dict[str, Any]) -> None:
+        self.document: Any = {"keys": list(jwks)}
+        self.failing = False
+        self.max_age: float | None = None
+        self.calls = 0
+
+    def publish(self, *jwks: dict[str, Any]) -> None:
+        self.document = {"keys": list(jwks)}
+
+    def __call__(self, uri: str) -> tuple[Any, float | None]:
+        assert uri == JWKS_URI
+        self.calls += 1
+        if self.failing:
+            raise FetchError(f"cannot fetch {uri}: ConnectionError")
+        return copy.deepcopy(self.document), self.max_age
+
+
+@dataclass
+class Harness:
+    app: Flask
+    client: FlaskClient
+    fetch: FakeFetch
+    jwks_clock: FakeClock
+    clock: FakeClock  # the authenticator's wall clock (token times)
+    verifications: list[str]
+
+    @property
+    def authenticator(self) -> Authenticator:
+        auth = self.app.extensions["authenticator"]
+        assert isinstance(auth, Authenticator)
+        return auth
+
+    def get(self, token: str | None = None, scheme: str = "Bearer") -> Any:
+        headers = {} if token is None else {"Authorization": f"{scheme} {token}"}
+        return self.client.get("/with-auth", headers=headers)
+
+
+HarnessFactory = Callable[..., Harness]
+
+
+@pytest.fixture
+def harness(private_key: RSAPrivateKey, monkeypatch: pytest.MonkeyPatch) -> HarnessFactory:
+    verifications: list[str] = []
+
+    def counting_verify(token: Any, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        verifications.append("verify")
+        return verify_token(token, *args, **kwargs)
+
+    monkeypatch.setattr(protected_server, "verify_token", counting_verify)
+
+    def factory(cache_size: int = 100, per_minute: int = 5, cache_seconds: int = 600) -> Harness:
+        config = load_config({
+            "JWKS_URI": JWKS_URI,
+            "TOKEN_CACHE_SIZE": str(cache_size),
+            "JWKS_REQUESTS_PER_MINUTE": str(per_minute),
+            "JWKS_CACHE_SECONDS": str(cache_seconds),
+        })  # fmt: skip
+        fetch = FakeFetch(jwk_of(private_key, DEFAULT_KID))
+        jwks_clock = FakeClock(1000.0)
+        jwks = JwksClient(
+            config.jwks_uri, config.jwks_cache_seconds, config.jwks_requests_per_minute,
+            fetch=fetch, clock=jwks_clock,
+        )  # fmt: skip
+        app = protected_server.create_app(config, jwks=jwks)
+        clock = FakeClock(float(int(time.time())))
+        auth = app.extensions["authenticator"]
+        auth.clock = clock
+        return Harness(app, app.test_client(), fetch, jwks_clock, clock, verifications)
+
+    return factory
+
+
+def payload_json(token: str) -> str:
+    segment = token.split(".")[1]
+    return base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4)).decode()
+
+
+def assert_error(response: Any, status: int, error: str) -> dict[str, Any]:
+    assert response.status_code == status
+    assert response.mimetype == "application/json"
+    body = response.get_json()
+    assert set(body) == {"error", "error_description"}
+    assert body["error"] == error
+    assert body["error_description"]
+    assert_clean_error(response.get_data(as_text=True))
+    return dict(body)
+
+
+# --- success ---------------------------------------------------------------------------------
+
+
+def test_valid_token_gets_its_claims_as_compact_json_in_order(
+    harness: HarnessFactory, make_token: TokenFactory
+) -> None:
+    h = harness()
+    token = make_token(now=int(h.clock.now), zeta=1, alpha="x", nested={"b": 1, "a": [2]})
+    response = h.get(token)
+    assert response.status_code == 200
+    assert response.mimetype == "text/plain"
+    text = response.get_data(as_text=True)
+    assert text == "Result: " + payload_json(token)
+    assert text.startswith('Result: {"userId":"a-b-c-d","iat":')
+    assert text.endswith(
+        f'"iss":"{DEFAULT_ISSUER}","zeta":1,"alpha":"x","nested":{{"b":1,"a":[2]}}}}'
+    )
+
+
+@pytest.mark.parametrize("scheme", ["Bearer", "bearer", "BEARER", "bEaReR"])
+def test_scheme_is_case_insensitive(
+    harness: HarnessFactory, make_token: TokenFactory, scheme: str
+) -> None:
+    h = harness()
+    response = h.get(make_token(now=int(h.clock.now)), scheme=scheme)
+    assert response.status_code == 200
+
+
+# --- missing or malformed credentials ------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "authorization",
+    [None, "", "   ", "Basic dXNlcjpwYXNz", "Token abc", "Bearerabc", "Basic"],
+    ids=["no-header", "empty", "blank", "basic", "token-scheme", "glued", "basic-alone"],
+)
+def test_no_bearer_credentials_is_401_without_error_code(
+    harness: HarnessFactory, authorization: str | None
+) -> None:
+    h = harness()
+    headers = {} if authorization is None else {"Authorization": authorization}
+    response = h.client.get("/with-auth", headers=headers)
+    assert_error(response, 401, response.get_json()["error"])
+    challenge = response.headers["WWW-Authenticate"]
+    assert challenge.startswith('Bearer realm="')
+    assert "error=" not in challenge
+    assert response.get_json()["error"] not in {"invalid_token", "invalid_request"}
+    assert h.fetch.calls == 0
+
+
+@pytest.mark.parametrize(
+    "authorization",
+    ["Bearer", "Bearer ", "bearer  ", "Bearer a b", "Bearer a.b.c extra", "Bearer a b c"],
+    ids=["bearer-alone", "trailing-space", "lowercase-blank", "two-parts", "token-extra",
+         "three-parts"],
+)  # fmt: skip
+def test_malformed_bearer_header_is_400_invalid_request(
+    harness: HarnessFactory, authorization: str
+) -> None:
+    h = harness()
+    response = h.client.get("/with-auth", headers={"Authorization": authorization})
+    assert_error(response, 400, "invalid_request")
+    challenge = response.headers["WWW-Authenticate"]
+    assert challenge.startswith('Bearer realm="')
+    assert 'error="invalid_request"' in challenge
+
+
+# --- tokens that do not verify -------------------------------------------------------------
+
+
+def _no_kid(private_key: RSAPrivateKey, now: int) -> str:
+    claims = {"userId": "a-b-c-d", "iat": now, "exp": now + 3600, "iss": DEFAULT_ISSUER}
+    token = jwt.encode(claims, private_key, algorithm="RS256")
+    assert "kid" not in jwt.get_unverified_header(token)
+    return token
+
+
+def _hs256(now: int) -> str:
+    claims = {"userId": "a-b-c-d", "iat": now, "exp": now + 3600, "iss": DEFAULT_ISSUER}
+    return jwt.encode(claims, "k" * 64, algorithm="HS256", headers={"kid": DEFAULT_KID})
+
+
+BAD_TOKENS: list[tuple[str, Callable[[TokenFactory, RSAPrivateKey, RSAPrivateKey, int], str],
+                       tuple[str, ...]]] = [
+    ("expired", lambda mk, pk, other, now: mk(now=now - 7200), ("expired",)),
+    ("signature", lambda mk, pk, other, now: mk(now=now, key=other), ("signature",)),
+    ("issuer", lambda mk, pk, other, now: mk(now=now, iss="someone-else"), ("issuer",)),
+    ("unknown-kid", lambda mk, pk, other, now: mk(now=now, header={"kid": "nope"}),
+     ("unknown kid",)),
+    ("no-kid", lambda mk, pk, other, now: _no_kid(pk, now), ("kid",)),
+    ("over-8-kib", lambda mk, pk, other, now: mk(now=now, pad="x" * 9000),
+     ("8192", "8 KiB", "larger", "too large", "too long")),
+    ("algorithm", lambda mk, pk, other, now: _hs256(now), ("algorithm",)),
+    ("malformed", lambda mk, pk, other, now: "abc.def", ("malformed",)),
+    ("bad-base64", lambda mk, pk, other, now: mk(now=now)[:-1] + "*", ("malformed",)),
+    ("too-old", lambda mk, pk, other, now: mk(now=now - 2 * DAY, exp=now + 3600), ("too old",)),
+    ("not-yet-valid", lambda mk, pk, other, now: mk(now=now, nbf=now + 600), ("not yet valid",)),
+    ("missing-exp", lambda mk, pk, other, now: mk(now=now, drop=("exp",)), ("missing claim exp",)),
+    ("crit", lambda mk, pk, other, now: mk(now=now, header={"crit": ["x"], "x": 1}),
+     ("critical",)),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("name", "build", "reasons"), BAD_TOKENS, ids=[t[0] for t in BAD_TOKENS])
+def test_bad_token_is_401_invalid_token_saying_why(
+    *,
+    harness: HarnessFactory,
+    make_token: TokenFactory,
+    private_key: RSAPrivateKey,
+    other_private_key: RSAPrivateKey,
+    name: str,
+    build: Callable[[TokenFactory, RSAPrivateKey, RSAPrivateKey, int], str],
+    reasons: tuple[str, ...],
+) -> None:
+    h = harness()
+    token = build(make_token, private_key, other_private_key, int(h.clock.now))
+    response = h.get(token)
+    body = assert_error(response, 401, "invalid_token")
+    description = body["error_description"]
+    assert any(reason in description for reason in reasons), description
+    challenge = response.headers["WWW-Authenticate"]
+    assert challenge.startswith('Bearer realm="')
+    assert 'error="invalid_token"' in challenge
+    assert token not in response.get_data(as_text=True)
+
+
+# --- JWKS outages ----------------------------------------------------------------------------
+
+
+def test_jwks_down_with_nothing_cached_is_503_then_recovers(
+    harness: HarnessFactory, make_token: TokenFactory
+) -> None:
+    h = harness(per_minute=5)  # fetches at least 12 s apart
+    token = make_token(now=int(h.clock.now))
+    h.fetch.failing = True
+    response = h.get(token)
+    assert_error(response, 503, "temporarily_unavailable")
+    retry_after = int(response.headers["Retry-After"])
+    assert 1 <= retry_after <= 12
+    h.fetch.failing = False
+    h.jwks_clock.advance(5)
+    again = h.get(token)
+    assert again.status_code == 503  # not before the spacing has passed
+    assert 1 <= int(again.headers["Retry-After"]) <= 7
+    assert h.fetch.calls == 1
+    h.jwks_clock.advance(7.01)
+    assert h.get(token).status_code == 200
+    assert h.fetch.calls == 2
+
+
+def test_jwks_answer_that_is_not_a_key_set_is_503(
+    harness: HarnessFactory, make_token: TokenFactory
+) -> None:
+    h = harness()
+    h.fetch.document = ["not", "a", "key", "set"]
+    response = h.get(make_token(now=int(h.clock.now)))
+    assert_error(response, 503, "temporarily_unavailable")
+    assert "Retry-After" in response.headers
+
+
+def test_jwks_down_with_keys_cached_keeps_verifying(
+    harness: HarnessFactory, make_token: TokenFactory
+) -> None:
+    h = harness(cache_size=0)
+    assert h.get(make_token(now=int(h.clock.now))).status_code == 200
+    h.fetch.failing = True
+    h.jwks_clock.advance(601)
+    assert h.get(make_token(now=int(h.clock.now), userId="other")).status_code == 200
+    assert h.fetch.calls == 2
+
+
+def test_malformed_token_does_not_touch_the_jwks(harness: HarnessFactory) -> None:
+    h = harness()
+    h.fetch.failing = True
+    assert_error(h.get("not-a-token"), 401, "invalid_token")
+    assert h.fetch.calls == 0
+
+
+# --- the verified-token cache ----------------------------------------------------------------
+
+
+def test_cache_hit_avoids_reverification(harness: HarnessFactory, make_token: TokenFactory) -> None:
+    h = harness()
+    token = make_token(now=int(h.clock.now))
+    first = h.get(token)
+    second = h.get(token)
+    assert first.status_code == second.status_code == 200
+    assert first.data == second.data
+    assert len(h.verifications) == 1
+
+
+def test_cache_entry_never_outlives_exp(harness: HarnessFactory, make_token: TokenFactory) -> None:
+    h = harness()
+    now = int(h.clock.now)
+    token = make_token(now=now, exp=now + 100)
+    assert h.get(token).status_code == 200
+    h.clock.advance(99)
+    assert h.get(token).status_code == 200
+    assert len(h.verifications) == 1
+    h.clock.advance(1)
+    body = assert_error(h.get(token), 401, "invalid_token")
+    assert "expired" in body["error_description"]
+
+
+def test_cache_entry_never_outlives_max_age(
+    harness: HarnessFactory, make_token: TokenFactory
+) -> None:
+    h = harness()
+    now = int(h.clock.now)
+    token = make_token(now=now, exp=now + 3 * DAY)
+    assert h.get(token).status_code == 200
+    h.clock.advance(DAY - 1)
+    assert h.get(token).status_code == 200
+    assert len(h.verifications) == 1
+    h.clock.advance(1)
+    body = assert_error(h.get(token), 401, "invalid_token")
+    assert "too old" in body["error_description"]
+
+
+def test_cache_entry_is_dropped_when_its_key_leaves_the_jwks(
+    harness: HarnessFactory, make_token: TokenFactory
+) -> None:
+    h = harness()
+    token = make_token(now=int(h.clock.now))
+    assert h.get(token).status_code == 200
+    h.fetch.publish()
+    h.jwks_clock.advance(601)  # the cached key set expires; the next lookup refetches
+    body = assert_error(h.get(token), 401, "invalid_token")
+    assert "unknown kid" in body["error_description"]
+
+
+def test_cache_entry_is_dropped_when_its_kid_gets_another_key(
+    harness: HarnessFactory, make_token: TokenFactory, other_private_key: RSAPrivateKey
+) -> None:
+    h = harness()
+    token = make_token(now=int(h.clock.now))
+    assert h.get(token).status_code == 200
+    h.fetch.publish(jwk_of(other_private_key, DEFAULT_KID))
+    h.jwks_clock.advance(601)
+    body = assert_error(h.get(token), 401, "invalid_token")
+    assert "signature" in body["error_description"]
+    assert len(h.verifications) == 2
+
+
+def test_cache_is_a_bounded_lru(harness: HarnessFactory, make_token: TokenFactory) -> None:
+    h = harness(cache_size=2)
+    now = int(h.clock.now)
+    a, b, c = (make_token(now=now, userId=name) for name in "abc")
+
+    def verified_after(token: str) -> int:
+        assert h.get(token).status_code == 200
+        return len(h.verifications)
+
+    assert verified_after(a) == 1
+    assert verified_after(b) == 2
+    assert verified_after(a) == 2  # hit; a is now the most recently used
+    assert verified_after(c) == 3  # evicts b, the least recently used
+    assert verified_after(a) == 3  # still cached
+    assert verified_after(b) == 4  # was evicted
+    for i in range(20):
+        h.get(make_token(now=now, userId=f"user-{i}"))
+    assert len(h.authenticator.cache) <= 2
+
+
+def test_cache_size_zero_turns_it_off(harness: HarnessFactory, make_token: TokenFactory) -> None:
+    h = harness(cache_size=0)
+    token = make_token(now=int(h.clock.now))
+    for _ in range(3):
+        assert h.get(token).status_code == 200
+    assert len(h.verifications) == 3
+    assert len(h.authenticator.cache) == 0
+
+
+def test_failures_are_never_cached(
+    harness: HarnessFactory,
+    make_token: TokenFactory,
+    other_private_key: RSAPrivateKey,
+    private_key: RSAPrivateKey,
+) -> None:
+    h = harness()
+    now = int(h.clock.now)
+    forged = make_token(now=now, key=other_private_key)
+    for _ in range(2):
+        assert_error(h.get(forged), 401, "invalid_token")
+    assert len(h.verifications) == 2
+    early = make_token(now=now, nbf=now + 50)
+    assert_error(h.get(early), 401, "invalid_token")
+    h.clock.advance(50)
+    assert h.get(early).status_code == 200
+    later = make_token(now=now, header={"kid": "later"})
+    assert_error(h.get(later), 401, "invalid_token")
+    h.fetch.publish(jwk_of(private_key, DEFAULT_KID), jwk_of(private_key, "later"))
+    h.jwks_clock.advance(12.01)  # one spacing interval at 5 fetches a minute
+    assert h.get(later).status_code == 200
+
+
+def test_cache_hit_still_needs_a_bearer_header(
+    harness: HarnessFactory, make_token: TokenFactory
+) -> None:
+    h = harness()
+    token = make_token(now=int(h.clock.now))
+    assert h.get(token).status_code == 200
+    assert h.get(token, scheme="Basic").status_code == 401
+    assert h.get(token, scheme="Bearer x").status_code == 400

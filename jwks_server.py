@@ -128,8 +128,9 @@ class KeySetMiddleware:
             )
         except AppError:
             return self.app(environ, start_response)
-        start_response(f"{status} {HTTP_STATUS_CODES[status]}",
-                       [*headers, ("Content-Length", str(len(body)))])  # fmt: skip
+        if status == 200:  # a 304 may not say Content-Length: 0 (RFC 9110 8.6)
+            headers = [*headers, ("Content-Length", str(len(body)))]
+        start_response(f"{status} {HTTP_STATUS_CODES[status]}", headers)
         return [b""] if method == "HEAD" else [body]
 
 

@@ -97,6 +97,20 @@ def test_if_none_match_gets_304(client: FlaskClient) -> None:
     assert response.cache_control.max_age == 123
 
 
+def test_304_has_no_body_length_and_head_has_the_full_length(client: FlaskClient) -> None:
+    full = client.get("/keys")
+    etag = full.headers["ETag"]
+    for value in (etag, f"W/{etag}", '"other", ' + etag, "*"):
+        not_modified = client.get("/keys", headers={"If-None-Match": value})
+        assert not_modified.status_code == 304, value
+        assert not_modified.headers["ETag"] == etag
+        assert not_modified.headers.get("Content-Length") in (None, str(len(full.data)))
+    head = client.head("/keys")
+    assert head.status_code == 200
+    assert head.data == b""
+    assert head.headers["Content-Length"] == str(len(full.data))
+
+
 def test_other_etag_gets_the_full_document(client: FlaskClient) -> None:
     response = client.get("/keys", headers={"If-None-Match": '"something-else"'})
     assert response.status_code == 200

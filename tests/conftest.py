@@ -176,12 +176,13 @@ ServerFactory = Callable[..., Server]
 
 @pytest.fixture
 def start_server(tmp_path: Path) -> Iterator[ServerFactory]:
-    """Start ``jwks_server.py`` or ``protected_server.py`` on a free port; stopped at teardown."""
+    """Start ``jwks_server.py`` or ``protected_server.py`` on a free port (or ``port=``);
+    stopped at teardown."""
     servers: list[Server] = []
 
-    def factory(script: str, port_variable: str, **env: str) -> Server:
-        port = free_port()
-        log = tmp_path / f"{script}-{port}.log"
+    def factory(script: str, port_variable: str, port: int | None = None, **env: str) -> Server:
+        port = port or free_port()
+        log = tmp_path / f"{script}-{port}-{len(servers)}.log"
         with log.open("wb") as out:
             process = subprocess.Popen(
                 [sys.executable, str(ROOT / script)],

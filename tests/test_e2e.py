@@ -8,17 +8,13 @@ from __future__ import annotations
 
 import contextlib
 import socket
-import subprocess
-import sys
 import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 import requests
 
 from tests.conftest import (
-    ROOT,
     Server,
     ServerFactory,
     TokenFactory,
@@ -26,36 +22,11 @@ from tests.conftest import (
     free_port,
     run_script,
     script_env,
-    wait_until_listening,
 )
 
 pytestmark = pytest.mark.e2e
 
 TIMEOUT = 10.0
-
-Launcher = Callable[..., Server]
-
-
-@pytest.fixture
-def launch(tmp_path: Path) -> Iterator[Launcher]:
-    """Start a server script on a port chosen by the test (start_server picks its own)."""
-    servers: list[Server] = []
-
-    def factory(script: str, port: int, **env: str) -> Server:
-        log = tmp_path / f"{script}-{port}-{len(servers)}.log"
-        with log.open("wb") as out:
-            process = subprocess.Popen(
-                [sys.executable, str(ROOT / script)],
-                env=script_env(**env), stdout=out, stderr=subprocess.STDOUT, cwd=tmp_path,
-            )  # fmt: skip
-        server = Server(process, port, log)
-        servers.append(server)
-        wait_until_listening(server)
-        return server
-
-    yield factory
-    for server in servers:
-        server.stop()
 
 
 def raw_request(port: int, request: bytes) -> bytes:
@@ -148,7 +119,7 @@ def test_guide_flow_through_real_servers(keys_dir: Path, start_server: ServerFac
 
 
 def test_protected_server_recovers_when_the_jwks_server_comes_up(
-    keys_dir: Path, launch: Launcher, start_server: ServerFactory, make_token: TokenFactory
+    keys_dir: Path, start_server: ServerFactory, make_token: TokenFactory
 ) -> None:
     jwks_port = free_port()
     protected = start_server(
@@ -171,7 +142,7 @@ def test_protected_server_recovers_when_the_jwks_server_comes_up(
     assert len(called.stderr.strip().splitlines()) == 1
     assert_clean_error(called.stderr)
 
-    launch("jwks_server.py", jwks_port, JWKS_PORT=str(jwks_port), JWT_KEYS_DIR=str(keys_dir))
+    start_server("jwks_server.py", "JWKS_PORT", port=jwks_port, JWT_KEYS_DIR=str(keys_dir))
     deadline = time.monotonic() + TIMEOUT
     while (answer := requests.get(url, headers=headers, timeout=TIMEOUT)).status_code == 503:
         assert time.monotonic() < deadline, "the protected server did not recover"

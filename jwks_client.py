@@ -8,9 +8,12 @@ Behaviour (see the README's SECURITY section):
 
 - keys are cached for ``cache_seconds``, or for a shorter ``Cache-Control: max-age`` sent by
   the JWKS server, but never less than ``MIN_CACHE_SECONDS``;
-- fetches are spaced at least ``60 / requests_per_minute`` seconds apart, whatever triggers
-  them, so a flood of random ``kid``s costs the JWKS server at most that many fetches a
-  minute, while a key published meanwhile is seen within one spacing interval;
+- never more than ``requests_per_minute`` fetches in any 60 s; and after a fetch asked for by
+  an unknown ``kid`` (or a failed one), the next waits ``60 / requests_per_minute`` s (the
+  spacing), so a flood of random ``kid``s gets one fetch per spacing interval, and a key
+  published during the flood is seen within one interval (two, in the first minute). A
+  fetch the cache needed (cold start, expiry) does not start the spacing: a key promoted
+  just after it is fetched at once, as ``jwks-rsa`` would;
 - one fetch at a time: concurrent requests wait for it and share its result, while requests
   whose key is cached never wait (a stale cached key is served while the refresh runs);
 - a fetch fails on a timeout (5 s in all), a status other than 200, a body over
@@ -28,6 +31,7 @@ import math
 import re
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -209,7 +213,8 @@ class JwksClient:
         self._clock = clock
         self._lock = threading.Lock()
         self._snapshot: _Snapshot | None = None
-        self._next_fetch_at = -math.inf
+        self._recent: deque[float] = deque(maxlen=requests_per_minute)  # last fetch times
+        self._spaced_until = -math.inf
 
     def get_key(self, kid: str) -> PublishedKey | None:
         """The key for ``kid``, fetching the JWKS if needed and allowed; None if unknown.
@@ -238,7 +243,11 @@ class JwksClient:
 
     def retry_after(self) -> int:
         """Whole seconds until the next fetch is allowed (at least 1)."""
-        return max(1, math.ceil(self._next_fetch_at - self._clock()))
+        return max(1, math.ceil(self._next_fetch_at() - self._clock()))
+
+    def _next_fetch_at(self) -> float:
+        full = len(self._recent) == self._recent.maxlen
+        return max(self._spaced_until, self._recent[0] + 60 if full else -math.inf)
 
     def _refresh(self, seen: _Snapshot | None) -> _Snapshot | None:
         # Called with the lock held. If another thread fetched while we waited, use its result.
@@ -247,16 +256,20 @@ class JwksClient:
         if current is not seen and current is not None and now < current.fresh_until:
             return current
         usable = current if current is not None and now < current.usable_until else None
-        if now < self._next_fetch_at:
+        if now < self._next_fetch_at():
             return usable
-        self._next_fetch_at = now + self.spacing
+        self._recent.append(now)
         self.fetches += 1
+        unknown_kid = seen is not None and now < seen.fresh_until  # else: cold or expired
         try:
             document, max_age = self._fetch(self.uri)
             keys = parse_key_set(document)
         except FetchError as e:
             log.warning("JWKS fetch failed: %s", e)
+            self._spaced_until = now + self.spacing
             return usable
+        if unknown_kid:
+            self._spaced_until = now + self.spacing
         ttl = self.cache_seconds
         if max_age is not None:
             ttl = min(ttl, max(max_age, MIN_CACHE_SECONDS))

@@ -274,18 +274,55 @@ def test_unknown_kid_refetch_is_spaced(
     server: JwksHttpServer, clock: FakeClock, good_jwk: dict[str, Any]
 ) -> None:
     server.serve(key_set(good_jwk))
-    client = make_client(server, clock, per_minute=60)  # one fetch a second at most
+    client = make_client(server, clock, per_minute=60)  # spacing: one second
     assert client.get_key("good") is not None
-    assert client.get_key("unknown") is None
+    assert server.count == 1
+    assert client.get_key("unknown") is None  # the cold fetch does not start the spacing
+    assert server.count == 2
     clock.advance(0.5)
     assert client.get_key("unknown") is None
     assert client.get_key("other-unknown") is None
-    assert server.count == 1
+    assert server.count == 2
     clock.advance(0.6)
     assert client.get_key("unknown") is None
-    assert server.count == 2
+    assert server.count == 3
     assert client.get_key("unknown") is None
+    assert server.count == 3
+
+
+def test_key_promoted_just_after_a_fetch_is_fetched_at_once(
+    server: JwksHttpServer,
+    clock: FakeClock,
+    good_jwk: dict[str, Any],
+    other_private_key: RSAPrivateKey,
+) -> None:
+    """A rotation right after the protected server's first fetch: no 401 for the new kid."""
+    server.serve(key_set(good_jwk))
+    client = make_client(server, clock)  # 5 a minute: spacing 12 s
+    assert client.get_key("good") is not None
+    clock.advance(2)
+    server.serve(key_set(good_jwk, jwk_of(other_private_key, "promoted")))
+    assert client.get_key("promoted") is not None
     assert server.count == 2
+    assert client.get_key("random-junk") is None  # now the spacing applies
+    assert server.count == 2
+
+
+def test_never_more_than_per_minute_fetches_in_60_s(
+    server: JwksHttpServer, clock: FakeClock, good_jwk: dict[str, Any]
+) -> None:
+    """Cache expiries and unknown kids together stay within requests_per_minute."""
+    fetch_times: list[float] = []
+    server.on_request = lambda: fetch_times.append(clock.now)
+    server.serve(key_set(good_jwk), headers={"Cache-Control": "max-age=0"})
+    client = make_client(server, clock, cache_seconds=1, per_minute=5)
+    for step in range(2400):  # 10 minutes in 0.25 s steps
+        client.get_key("good")
+        client.get_key(f"junk-{step}")
+        clock.advance(0.25)
+    for first in fetch_times:
+        assert sum(first <= t < first + 60 for t in fetch_times) <= 5
+    assert len(fetch_times) >= 40
 
 
 def test_flood_of_random_kids_is_rate_limited_and_a_new_key_still_arrives(
@@ -635,7 +672,9 @@ def test_unusable_keys_are_filtered_from_a_real_fetch(
         assert client.get_key(kid) is not None
     for kid in REFUSED:
         assert client.get_key(kid) is None, kid
-    assert server.count == 1  # refused kids count as unknown: no refetch before the spacing
+    # Refused kids count as unknown: the first refetches (the cold fetch does not start the
+    # spacing), the others wait for the spacing.
+    assert server.count == 2
 
 
 # --- outages -------------------------------------------------------------------------------

@@ -329,7 +329,7 @@ def in_process(tokens: Sequence[str], key: RSAPublicKey, config: Config, rounds:
         return jwt.decode(next(cycle), key, algorithms=[verify.ALGORITHM], issuer=config.issuer)
 
     def claims() -> object:
-        payload = verify._json_object(parsed.payload, "payload")
+        payload = verify.json_object(parsed.payload, "payload")
         return list(verify.claim_failures(payload, policy, now))
 
     candidates: dict[str, Callable[[], object]] = {

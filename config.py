@@ -26,6 +26,7 @@ PRIVATE_KEY_FILE = ".private.key"
 PUBLIC_KEY_FILE = ".public.key.pem"
 TOKEN_FILE = "token.txt"  # noqa: S105 (a file name)
 
+MAX_DURATION = 10 * 365 * 86400
 _UNITS = {
     "s": 1, "sec": 1, "secs": 1, "second": 1, "seconds": 1,
     "m": 60, "min": 60, "mins": 60, "minute": 60, "minutes": 60,
@@ -105,6 +106,8 @@ def parse_duration(text: str) -> int:
         raise ValueError(f"{text!r} is too long a duration") from None
     if seconds < 1:
         raise ValueError(f"{text!r} is shorter than one second")
+    if seconds > MAX_DURATION:
+        raise ValueError(f"{text!r} is longer than 10 years")
     return seconds
 
 
@@ -125,6 +128,8 @@ def _text(environ: Mapping[str, str], name: str, default: str) -> str:
     value = environ.get(name, default)
     if not value.strip():
         raise UsageError(f"{name} is set but empty: unset it or give it a value")
+    if not value.isprintable():  # control characters, or bytes that are not UTF-8
+        raise UsageError(f"{name} holds characters that are not printable text")
     return value
 
 

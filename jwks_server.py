@@ -184,16 +184,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             apply_changes(path.parent, {path.name: body})
             print(f"JWKS written to {path}")
             return 0
+        run_dev_server(
+            create_app(config), config.bind_host, config.jwks_port, "JWKS_PORT",
+            f"JWKS API is on port {config.jwks_port}",
+        )  # fmt: skip
     except AppError as e:
         print(f"jwks_server: {e}", file=sys.stderr)
         return e.exit_code
     except OSError as e:
         print(f"jwks_server: cannot write {e.filename}: {e.strerror}", file=sys.stderr)
         return 1
-    run_dev_server(
-        create_app(config), config.bind_host, config.jwks_port,
-        f"JWKS API is on port {config.jwks_port}",
-    )  # fmt: skip
     return 0
 
 

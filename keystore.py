@@ -31,11 +31,12 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey, RSAPublicKey
 from jwcrypto.jwk import JWK
 
-from config import PRIVATE_KEY_FILE, PUBLIC_KEY_FILE, AppError, UsageError
+from config import PRIVATE_KEY_FILE, PUBLIC_KEY_FILE, TOKEN_FILE, AppError, UsageError
 
 KEYRING_FILE = ".keys.json"
 NEXT_PRIVATE_KEY_FILE = ".next.private.key"
-PRIVATE_FILES = frozenset({PRIVATE_KEY_FILE, NEXT_PRIVATE_KEY_FILE})
+# Written 0600: the private keys, and the token (a bearer credential until it expires).
+PRIVATE_FILES = frozenset({PRIVATE_KEY_FILE, NEXT_PRIVATE_KEY_FILE, TOKEN_FILE})
 STATES = ("next", "current", "retired")
 
 

@@ -56,6 +56,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise UsageError(f"no token at {config.token_path}: run sign.py first") from None
         except (OSError, UnicodeDecodeError) as e:
             raise UsageError(f"cannot read {config.token_path}: {e}") from None
+        if not token or not token.isascii() or any(c.isspace() for c in token):
+            raise UsageError(f"{config.token_path} does not hold a JWT: run sign.py again")
         print(call(config.protected_url, token))
     except AppError as e:
         print(f"make_request: {e}", file=sys.stderr)

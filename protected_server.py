@@ -209,13 +209,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     build_parser().parse_args(argv)
     try:
         config = load_config()
+        run_dev_server(
+            create_app(config), config.bind_host, config.protected_port, "PROTECTED_PORT",
+            f"Backend is running on port {config.protected_port}",
+        )  # fmt: skip
     except AppError as e:
         print(f"protected_server: {e}", file=sys.stderr)
         return e.exit_code
-    run_dev_server(
-        create_app(config), config.bind_host, config.protected_port,
-        f"Backend is running on port {config.protected_port}",
-    )  # fmt: skip
     return 0
 
 

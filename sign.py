@@ -7,7 +7,6 @@ are the payload followed by ``iat`` (now), ``exp`` (``iat`` + lifetime) and ``is
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from collections.abc import Sequence
@@ -17,7 +16,7 @@ import jwt
 
 from config import AppError, ArgumentParser, Config, UsageError, load_config, parse_duration
 from keystore import apply_changes, load_private_key, read_keyring, thumbprint
-from verify import ALGORITHM
+from verify import ALGORITHM, VerificationError, json_object
 
 DEFAULT_PAYLOAD: dict[str, Any] = {"userId": "a-b-c-d"}
 RESERVED_CLAIMS = ("iat", "exp", "iss")
@@ -46,19 +45,13 @@ def sign_token(config: Config, claims: dict[str, Any]) -> str:
     return jwt.encode(claims, key, algorithm=ALGORITHM, headers={"kid": kid, "typ": "JWT"})
 
 
-def _not_json(name: str) -> None:
-    raise ValueError(f"{name} is not JSON")
-
-
 def _payload(text: str) -> dict[str, Any]:
+    # verify.py's strict parser, so that sign.py never makes a token verify.py refuses.
     try:
-        # NaN and Infinity would make a token that verify.py refuses as malformed.
-        value = json.loads(text, parse_constant=_not_json)
-    except (ValueError, RecursionError) as e:
-        raise argparse.ArgumentTypeError(f"not valid JSON: {e}") from None
-    if not isinstance(value, dict):
-        raise argparse.ArgumentTypeError("must be a JSON object, like '{\"userId\": \"a-b-c-d\"}'")
-    return value
+        return json_object(text.encode("utf-8", "surrogatepass"), "--payload")
+    except VerificationError as e:
+        problem = str(e).removeprefix("malformed: ")
+        raise argparse.ArgumentTypeError(f"{problem}, like '{{\"userId\": \"a-b-c-d\"}}'") from None
 
 
 def _duration(text: str) -> int:

@@ -97,7 +97,7 @@ def _b64decode(segment: str, name: str) -> bytes:
     # must not be there to begin with. binascii directly: base64.urlsafe_b64decode's
     # checks cost more than the decoding itself.
     rest = len(segment) % 4
-    if rest == 1 or "+" in segment or "/" in segment or "=" in segment:
+    if rest == 1 or not segment.isascii() or "+" in segment or "/" in segment or "=" in segment:
         raise VerificationError("malformed", f"{name} is not base64url")
     if rest and segment[-1] not in _CANONICAL_LAST[rest]:
         raise VerificationError("malformed", f"{name} is not canonical base64url")
@@ -119,11 +119,26 @@ def _reject_constant(name: str) -> None:
     raise ValueError(f"{name} is not JSON")
 
 
+def _finite(text: str) -> float:
+    # 1e400 parses as infinity, which would be printed back as the non-JSON "Infinity".
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError("number out of range")
+    return value
+
+
 # One decoder for every token: json.loads with hooks builds a new JSONDecoder on each call.
-_DECODER = json.JSONDecoder(object_pairs_hook=_no_duplicates, parse_constant=_reject_constant)
+_DECODER = json.JSONDecoder(
+    object_pairs_hook=_no_duplicates, parse_constant=_reject_constant, parse_float=_finite
+)
 
 
-def _json_object(raw: bytes, name: str) -> dict[str, Any]:
+def json_object(raw: bytes, name: str) -> dict[str, Any]:
+    """Parse ``raw`` as a strict JSON object: UTF-8, no duplicate members, no NaN or
+    Infinity, no number beyond the float range, no lone surrogate.
+
+    Raises VerificationError (``malformed``) naming ``name`` otherwise.
+    """
     try:
         text = raw.decode("utf-8")
         value = _DECODER.decode(text)
@@ -150,7 +165,7 @@ def parse_token(token: str) -> ParsedToken:
     if len(segments) != 3:
         raise VerificationError("malformed", f"{len(segments)} segments instead of 3")
     header_b64, payload_b64, signature_b64 = segments
-    header = _json_object(_b64decode(header_b64, "header"), "header")
+    header = json_object(_b64decode(header_b64, "header"), "header")
     payload = _b64decode(payload_b64, "payload")
     signature = _b64decode(signature_b64, "signature")
     alg = header.get("alg")
@@ -216,7 +231,7 @@ def verify_token(
     parsed = parse_token(token) if isinstance(token, str) else token
     if not signature_is_valid(parsed, key):
         raise VerificationError("invalid signature")
-    claims = _json_object(parsed.payload, "payload")
+    claims = json_object(parsed.payload, "payload")
     for failure in claim_failures(claims, policy, time.time() if now is None else now):
         raise failure
     return claims
@@ -257,7 +272,7 @@ def inspect(token: str, key: RSAPublicKey, policy: Policy, now: float) -> list[s
     segments = token.split(".")
     for name, segment in zip(("header", "claims"), segments[:2], strict=False):
         try:
-            value = _json_object(_b64decode(segment, name), name)
+            value = json_object(_b64decode(segment, name), name)
             lines.append(f"{name}: {json.dumps(value, ensure_ascii=False)}")
         except VerificationError as e:
             lines.append(f"{name}: {e}")
@@ -271,7 +286,7 @@ def inspect(token: str, key: RSAPublicKey, policy: Policy, now: float) -> list[s
         lines.append(f"signature: {'verified' if valid else 'INVALID'} with the public key")
         failures = [] if valid else ["invalid signature"]
         try:
-            claims = _json_object(parsed.payload, "payload")
+            claims = json_object(parsed.payload, "payload")
             failures += [str(f) for f in claim_failures(claims, policy, now)]
         except VerificationError as e:
             failures.append(str(e))

@@ -9,13 +9,20 @@ Flask answers a bare 500 (never a stack trace) and logs it.
 from __future__ import annotations
 
 import logging
-import sys
+import socket
 from collections.abc import Iterable
 from typing import Any
 
 from flask import Flask, Response, json
 from werkzeug.exceptions import HTTPException
-from werkzeug.serving import WSGIRequestHandler
+from werkzeug.serving import (
+    WSGIRequestHandler,
+    get_sockaddr,
+    make_server,
+    select_address_family,
+)
+
+from config import AppError
 
 MAX_DESCRIPTION = 200
 
@@ -67,7 +74,11 @@ def add_json_errors(app: Flask) -> None:
 
 
 class QuietRequestHandler(WSGIRequestHandler):
-    """Request log lines without the query string, where a careless client may put a token."""
+    """Request log lines without the query string, where a careless client may put a token;
+    errors of the HTTP layer itself (a header line over 64 KiB: 431) in the same JSON shape."""
+
+    error_content_type = "application/json"
+    error_message_format = '{"error": "invalid_request", "error_description": "%(message)s"}'
 
     def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
         """Log method, path and status; never the query string or a header."""
@@ -79,9 +90,34 @@ class QuietRequestHandler(WSGIRequestHandler):
         self.log("error", "%s", (format % args)[:120])
 
 
-def run_dev_server(app: Flask, host: str, port: int, banner: str) -> None:
-    """Serve ``app`` with Flask's threaded development server, as the guide's Express does."""
+def run_dev_server(app: Flask, host: str, port: int, port_variable: str, banner: str) -> None:
+    """Serve ``app`` with werkzeug's threaded development server, as the guide's Express does.
+
+    The banner is printed once the port is open (like Express's ``listen`` callback), so a
+    script that waits for it can connect at once. Raises AppError if the port cannot be had.
+    """
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    # Bound here, not by make_server: werkzeug prints two lines and exits on a taken port.
+    family = select_address_family(host, port)
+    listener = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(get_sockaddr(host, port, family))
+        listener.listen(128)
+    except OSError as e:
+        listener.close()
+        raise AppError(
+            f"cannot listen on {host}:{port}: {e.strerror}: stop what runs there "
+            f"or set {port_variable}"
+        ) from None
+    server = make_server(
+        host, port, app, threaded=True, request_handler=QuietRequestHandler,
+        fd=listener.fileno(),
+    )  # fmt: skip
     print(banner, flush=True)
-    app.run(host=host, port=port, threaded=True, request_handler=QuietRequestHandler)
-    sys.stdout.flush()
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()

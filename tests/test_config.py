@@ -159,9 +159,10 @@ def test_parse_duration(text: str, seconds: int) -> None:
 
 @pytest.mark.parametrize(
     "text",
-    ["", "soon", "1 fortnight", "-5", "0", "0s", "0.2s", "1h30", "h", "1 d d", HUGE + "d"],
+    ["", "soon", "1 fortnight", "-5", "0", "0s", "0.2s", "1h30", "h", "1 d d", HUGE + "d",
+     "3651d"],
     ids=["empty", "word", "unknown-unit", "negative", "zero", "zero-s", "under-1s",
-         "two-numbers", "unit-only", "two-units", "huge"],
+         "two-numbers", "unit-only", "two-units", "huge", "over-10-years"],
 )  # fmt: skip
 def test_parse_duration_refuses(text: str) -> None:
     with pytest.raises(ValueError, match=r"duration|second|large|long"):
@@ -245,3 +246,12 @@ def test_help_works_with_no_keys(script: str, tmp_path: Path) -> None:
     assert result.stdout.startswith("usage: ")
     assert result.stderr == ""
     assert not keys.exists()
+
+
+@pytest.mark.parametrize("name", ["JWT_KID", "JWT_ISSUER"])
+@pytest.mark.parametrize(
+    "value", ["bad\x01id", "bad\nid", "\udcff"], ids=["control", "newline", "not-utf8"]
+)
+def test_kid_and_issuer_must_be_printable_text(name: str, value: str) -> None:
+    with pytest.raises(UsageError, match=name):
+        load_config({name: value})

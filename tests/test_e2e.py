@@ -7,7 +7,10 @@ happy path; one pair shows the recovery from a JWKS outage.
 from __future__ import annotations
 
 import contextlib
+import json
 import socket
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -15,6 +18,7 @@ import pytest
 import requests
 
 from tests.conftest import (
+    ROOT,
     Server,
     ServerFactory,
     TokenFactory,
@@ -45,7 +49,7 @@ def raw_request(port: int, request: bytes) -> bytes:
 
 def assert_loopback_only(server: Server) -> None:
     """The server listens on 127.0.0.1, not on every address."""
-    assert f"Running on http://127.0.0.1:{server.port}" in server.output()
+    socket.create_connection(("127.0.0.1", server.port), 2).close()
     # Every 127/8 address reaches the loopback interface on Linux; a server bound to
     # 0.0.0.0 would accept this connection.
     with (
@@ -91,6 +95,9 @@ def test_guide_flow_through_real_servers(keys_dir: Path, start_server: ServerFac
         status = answer.split(b"\r\n", 1)[0]
         assert status.startswith(b"HTTP/1."), answer[:200]
         assert 400 <= int(status.split()[1]) < 500
+        head, _, body = answer.partition(b"\r\n\r\n")
+        assert b"Content-Type: application/json" in head
+        assert json.loads(body)["error"] == "invalid_request"
     ok = requests.get(url, headers={"Authorization": f"Bearer {token}"}, timeout=TIMEOUT)
     assert ok.status_code == 200
     assert requests.get(f"{jwks.base}/keys", timeout=TIMEOUT).status_code == 200
@@ -165,3 +172,34 @@ def test_make_request_against_a_stopped_server(keys_dir: Path, make_token: Token
     assert "protected_server.py" in lines[0]
     assert called.stdout == ""
     assert_clean_error(called.stderr)
+
+
+@pytest.mark.parametrize(
+    ("script", "port_variable", "banner"),
+    [("jwks_server.py", "JWKS_PORT", "JWKS API is on port"),
+     ("protected_server.py", "PROTECTED_PORT", "Backend is running on port")],
+    ids=["jwks", "protected"],
+)  # fmt: skip
+def test_banner_means_listening_and_taken_port_is_one_line(
+    keys_dir: Path, script: str, port_variable: str, banner: str
+) -> None:
+    """As with Express's listen callback, a client may connect as soon as the banner shows."""
+    port = free_port()
+    env = script_env(JWT_KEYS_DIR=str(keys_dir), **{port_variable: str(port)})
+    process = subprocess.Popen(
+        [sys.executable, str(ROOT / script)], env=env, stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        assert process.stdout is not None
+        assert process.stdout.readline().decode() == f"{banner} {port}\n"
+        socket.create_connection(("127.0.0.1", port), TIMEOUT).close()
+        taken = run_script(script, env=env)
+        assert taken.returncode == 1
+        assert taken.stderr.count("\n") == 1
+        assert f"cannot listen on 127.0.0.1:{port}" in taken.stderr
+        assert port_variable in taken.stderr
+        assert_clean_error(taken.stdout + taken.stderr)
+    finally:
+        process.terminate()
+        process.wait(TIMEOUT)

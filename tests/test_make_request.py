@@ -216,3 +216,21 @@ def test_help_works_with_no_keys(empty_keys_dir: Path, capsys: pytest.CaptureFix
     assert exited.value.code == 0
     assert capsys.readouterr().out.startswith("usage: make_request.py")
     assert not empty_keys_dir.exists()
+
+
+@pytest.mark.parametrize(
+    "content", ["ab€c.d.e", "a b.c.d", "   "], ids=["non-ascii", "space", "blank"]
+)
+def test_token_file_that_is_no_jwt(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    content: str,
+) -> None:
+    (tmp_path / "token.txt").write_text(content, encoding="utf-8")
+    monkeypatch.setenv("JWT_KEYS_DIR", str(tmp_path))
+    assert make_request.main([]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert "run sign.py" in err
+    assert_clean_error(err)

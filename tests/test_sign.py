@@ -72,6 +72,13 @@ def test_signs_the_guides_token(
     assert claims["iss"] == DEFAULT_ISSUER
 
 
+def test_token_txt_is_readable_by_its_owner_only(
+    keys_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert sign.main([]) == 0
+    assert (keys_dir / "token.txt").stat().st_mode & 0o777 == 0o600
+
+
 def test_writes_token_txt(keys_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
     (keys_dir / "token.txt").write_text("an old token\n")
     token = signed(capsys, [])
@@ -165,6 +172,9 @@ def test_option_overrides_environment(
         (["--payload", '{"a": 1, "exp": 1, "iss": "x"}'], ["exp", "iss"]),
         (["--payload", '{"n": NaN}'], ["JSON"]),
         (["--payload", "[" * 100_000], ["JSON"]),
+        (["--payload", '{"x": 1e400}'], ["JSON"]),
+        (["--payload", '{"x": 1, "x": 2}'], ["JSON"]),
+        (["--payload", '{"x": "\\ud800"}'], ["JSON"]),
         (["--expires-in", "soon"], ["soon"]),
         (["--expires-in", "0"], ["0"]),
         (["--expires-in", "-5"], []),
@@ -175,7 +185,8 @@ def test_option_overrides_environment(
     ids=[
         "payload-not-json", "payload-array", "payload-string", "payload-number",
         "payload-null", "payload-iat", "payload-exp", "payload-iss", "payload-two-reserved",
-        "payload-nan", "payload-deeply-nested", "expires-word", "expires-zero",
+        "payload-nan", "payload-deeply-nested", "payload-infinite-number",
+        "payload-duplicate-member", "payload-lone-surrogate", "expires-word", "expires-zero",
         "expires-negative", "expires-unknown-unit", "expires-huge", "unknown-option",
     ],
 )  # fmt: skip

@@ -15,8 +15,6 @@ from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
-import requests
-
 from config import AppError, ArgumentParser, Config, load_config
 
 HERE = Path(__file__).resolve().parent
@@ -44,7 +42,7 @@ def _port_is_free(host: str, port: int) -> bool:
 
 
 @contextmanager
-def _server(title: str, script: str, host: str, port: int, probe: str) -> Iterator[None]:
+def _server(title: str, script: str, host: str, port: int) -> Iterator[None]:
     print(f"\n== {title}: python {script} (in the background)", flush=True)
     if not _port_is_free(host, port):
         raise StepFailed(f"port {port} on {host} is in use: stop what runs there, or set the port")
@@ -55,9 +53,9 @@ def _server(title: str, script: str, host: str, port: int, probe: str) -> Iterat
             if process.poll() is not None:
                 raise StepFailed(f"{script} exited with code {process.returncode}")
             try:
-                requests.get(probe, timeout=1)
+                socket.create_connection((host, port), timeout=1).close()  # no request logged
                 break
-            except requests.ConnectionError:
+            except OSError:
                 if time.monotonic() > deadline:
                     raise StepFailed(f"{script} did not answer on port {port}") from None
                 time.sleep(0.1)
@@ -83,11 +81,10 @@ def run(config: Config) -> None:
     with ExitStack() as servers:
         servers.enter_context(_server(
             "Step 4.a: the JWKS server", "jwks_server.py", host, config.jwks_port,
-            f"http://{host}:{config.jwks_port}/keys",
         ))  # fmt: skip
         servers.enter_context(_server(
             "Step 4.b: the protected server", "protected_server.py", host,
-            config.protected_port, f"http://{host}:{config.protected_port}/",
+            config.protected_port,
         ))  # fmt: skip
         _step("Step 4.c: call the protected endpoint", "make_request.py")
     print("\nThe guide ran end to end; both servers are stopped.")

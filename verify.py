@@ -89,6 +89,12 @@ class ParsedToken(NamedTuple):
         return kid if isinstance(kid, str) else None
 
 
+def _shown(value: Any) -> str:
+    # Values from the token appear in messages (and HTTP answers): bounded, on one line.
+    text = repr(value)
+    return text if len(text) <= 60 else f"{text[:57]}..."
+
+
 def _b64decode(segment: str, name: str) -> bytes:
     # Strict: only the base64url alphabet, no padding, and the unused low bits of the last
     # character must be zero, so every byte string has exactly one accepted encoding.
@@ -170,7 +176,7 @@ def parse_token(token: str) -> ParsedToken:
     signature = _b64decode(signature_b64, "signature")
     alg = header.get("alg")
     if alg != ALGORITHM:
-        raise VerificationError("algorithm", f"{alg!r} is not {ALGORITHM}")
+        raise VerificationError("algorithm", f"{_shown(alg)} is not {ALGORITHM}")
     if "crit" in header:
         raise VerificationError("unsupported critical header", "crit is not supported")
     if "kid" in header and not isinstance(header["kid"], str):
@@ -203,7 +209,7 @@ def claim_failures(
         if name in claims and not _is_number(claims[name]):
             yield VerificationError("malformed", f"{name} is not a NumericDate")
     if "iss" in claims and claims["iss"] != policy.issuer:
-        yield VerificationError("issuer", f"{claims['iss']!r} is not {policy.issuer!r}")
+        yield VerificationError("issuer", f"{_shown(claims['iss'])} is not {policy.issuer!r}")
     exp, iat, nbf = (_number(claims, name) for name in TIME_CLAIMS)
     if nbf is not None and nbf > now + policy.leeway:
         yield VerificationError("not yet valid", f"nbf is {nbf - now:.0f}s in the future")
@@ -280,6 +286,7 @@ def inspect(token: str, key: RSAPublicKey, policy: Policy, now: float) -> list[s
         if name == "claims":
             lines += [f"  {c}: {_when(value[c], now)}" for c in TIME_CLAIMS if c in value]
     if parsed is None:
+        lines.append("signature: not checked, the token is refused before any key is used")
         failures = [str(parse_error)]
     else:
         valid = signature_is_valid(parsed, key)

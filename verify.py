@@ -32,10 +32,11 @@ import json
 import math
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, NamedTuple
 
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
@@ -55,6 +56,11 @@ _TO_BASE64 = bytes.maketrans(b"-_", b"+/")
 # The last character of a canonical segment leaves its unused low bits zero: 4 bits when
 # len % 4 == 2, 2 bits when len % 4 == 3.
 _CANONICAL_LAST = {2: frozenset("AQgw"), 3: frozenset("AEIMQUYcgkosw048")}
+_FLOAT_RANGE = 10**308
+_ABSENT = object()
+# Every token of an issuer carries the same header: each distinct one is decoded once.
+_HEADER_CACHE: dict[str, Mapping[str, Any]] = {}
+_HEADER_CACHE_SIZE = 256
 
 
 class VerificationError(AppError):
@@ -77,7 +83,7 @@ class Policy:
 class ParsedToken(NamedTuple):
     """A token split and decoded, its signature NOT yet verified."""
 
-    header: dict[str, Any]
+    header: Mapping[str, Any]
     signing_input: bytes
     payload: bytes
     signature: bytes
@@ -171,7 +177,12 @@ def parse_token(token: str) -> ParsedToken:
     if len(segments) != 3:
         raise VerificationError("malformed", f"{len(segments)} segments instead of 3")
     header_b64, payload_b64, signature_b64 = segments
-    header = json_object(_b64decode(header_b64, "header"), "header")
+    header = _HEADER_CACHE.get(header_b64)
+    if header is None:
+        header = MappingProxyType(json_object(_b64decode(header_b64, "header"), "header"))
+        if len(_HEADER_CACHE) >= _HEADER_CACHE_SIZE:  # bounded, whatever headers arrive
+            _HEADER_CACHE.clear()
+        _HEADER_CACHE[header_b64] = header
     payload = _b64decode(payload_b64, "payload")
     signature = _b64decode(signature_b64, "signature")
     alg = header.get("alg")
@@ -185,17 +196,11 @@ def parse_token(token: str) -> ParsedToken:
 
 
 def _is_number(value: Any) -> bool:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return False
-    try:
-        return math.isfinite(value)
-    except OverflowError:  # an int beyond the float range is no usable NumericDate
-        return False
-
-
-def _number(claims: dict[str, Any], name: str) -> float | None:
-    value = claims.get(name)
-    return value if _is_number(value) else None
+    # JSON gives exactly int or float (bool is a subclass of int, so: type, not isinstance).
+    kind = type(value)
+    if kind is int:
+        return bool(-_FLOAT_RANGE < value < _FLOAT_RANGE)  # beyond: no usable NumericDate
+    return kind is float and math.isfinite(value)
 
 
 def claim_failures(
@@ -205,12 +210,13 @@ def claim_failures(
     for name in REQUIRED_CLAIMS:
         if name not in claims:
             yield VerificationError(f"missing claim {name}")
-    for name in TIME_CLAIMS:
-        if name in claims and not _is_number(claims[name]):
+    exp, iat, nbf = (claims.get(name, _ABSENT) for name in TIME_CLAIMS)
+    for name, value in zip(TIME_CLAIMS, (exp, iat, nbf), strict=True):
+        if value is not _ABSENT and not _is_number(value):
             yield VerificationError("malformed", f"{name} is not a NumericDate")
     if "iss" in claims and claims["iss"] != policy.issuer:
         yield VerificationError("issuer", f"{_shown(claims['iss'])} is not {policy.issuer!r}")
-    exp, iat, nbf = (_number(claims, name) for name in TIME_CLAIMS)
+    exp, iat, nbf = (v if _is_number(v) else None for v in (exp, iat, nbf))
     if nbf is not None and nbf > now + policy.leeway:
         yield VerificationError("not yet valid", f"nbf is {nbf - now:.0f}s in the future")
     if iat is not None and iat > now + policy.leeway:

@@ -21,6 +21,7 @@ DEFAULT_EXPIRES_IN = 24 * 60 * 60
 DEFAULT_JWKS_PORT = 3344
 DEFAULT_PROTECTED_PORT = 2233
 DEFAULT_TOKEN_CACHE_SIZE = 10_000
+MAX_TOKEN_AGE = 24 * 60 * 60  # the guide's maxAge: '1d'; every verifier here refuses older tokens
 
 PRIVATE_KEY_FILE = ".private.key"
 PUBLIC_KEY_FILE = ".public.key.pem"
@@ -75,6 +76,7 @@ class Config:
     jwks_cache_seconds: int
     token_cache_size: int
     server_workers: int
+    audience: str | None = None
 
     @property
     def private_key_path(self) -> Path:
@@ -133,14 +135,25 @@ def _text(environ: Mapping[str, str], name: str, default: str) -> str:
     return value
 
 
+def _passphrase(environ: Mapping[str, str]) -> str:
+    passphrase = environ.get("JWT_PASSPHRASE", DEFAULT_PASSPHRASE)
+    if not passphrase:
+        raise UsageError("JWT_PASSPHRASE is empty: the private key needs a passphrase")
+    try:
+        # Bytes that are not UTF-8 reach os.environ as lone surrogates; encoding them later
+        # would raise an error naming the byte and its position, i.e. part of the secret.
+        passphrase.encode("utf-8")
+    except UnicodeEncodeError:
+        raise UsageError("JWT_PASSPHRASE is not UTF-8 text: set it again in UTF-8") from None
+    return passphrase
+
+
 def load_config(environ: Mapping[str, str] = os.environ) -> Config:
     """Read and validate every setting from ``environ``.
 
     Raises UsageError, naming the variable, for the first value that is not valid.
     """
-    passphrase = environ.get("JWT_PASSPHRASE", DEFAULT_PASSPHRASE)
-    if not passphrase:
-        raise UsageError("JWT_PASSPHRASE is empty: the private key needs a passphrase")
+    passphrase = _passphrase(environ)
     lifetime = environ.get("JWT_EXPIRES_IN")
     try:
         expires_in = DEFAULT_EXPIRES_IN if lifetime is None else parse_duration(lifetime)
@@ -152,7 +165,8 @@ def load_config(environ: Mapping[str, str] = os.environ) -> Config:
         passphrase=passphrase,
         kid=_text(environ, "JWT_KID", DEFAULT_KID),
         issuer=_text(environ, "JWT_ISSUER", DEFAULT_ISSUER),
-        keys_dir=Path(_text(environ, "JWT_KEYS_DIR", "keys")),
+        # Absolute from the start, so that every message names the folder unambiguously.
+        keys_dir=Path(_text(environ, "JWT_KEYS_DIR", "keys")).absolute(),
         expires_in=expires_in,
         jwks_port=jwks_port,
         protected_port=protected_port,
@@ -165,6 +179,7 @@ def load_config(environ: Mapping[str, str] = os.environ) -> Config:
         jwks_cache_seconds=_integer(environ, "JWKS_CACHE_SECONDS", 600, 0, 7 * 86400),
         token_cache_size=_integer(environ, "TOKEN_CACHE_SIZE", DEFAULT_TOKEN_CACHE_SIZE, 0, 10**7),
         server_workers=_integer(environ, "SERVER_WORKERS", os.cpu_count() or 1, 1, 256),
+        audience=_text(environ, "JWT_AUDIENCE", "") if "JWT_AUDIENCE" in environ else None,
     )
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import subprocess
+import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -25,7 +27,7 @@ from config import (
     load_config,
     parse_duration,
 )
-from tests.conftest import assert_clean_error, run_script, script_env
+from tests.conftest import ROOT, assert_clean_error, run_script, script_env
 
 HUGE = "9" * 400  # a number of seconds too large for a float
 
@@ -59,8 +61,10 @@ def test_defaults_are_the_guides() -> None:
     assert config.passphrase == DEFAULT_PASSPHRASE == "some-secret-phrase"
     assert config.kid == DEFAULT_KID == "my-key-id"
     assert config.issuer == DEFAULT_ISSUER == "my-issuer-name"
-    assert config.keys_dir == Path("keys")
-    assert not config.keys_dir.is_absolute()
+    # Made absolute at once, so that every message names the folder unambiguously.
+    assert config.keys_dir == Path.cwd() / "keys"
+    assert config.keys_dir.is_absolute()
+    assert config.audience is None
     assert config.expires_in == 86400
     assert config.jwks_port == 3344
     assert config.protected_port == 2233
@@ -99,6 +103,7 @@ def test_guide_file_names_in_the_keys_folder(tmp_path: Path) -> None:
         ("TOKEN_CACHE_SIZE", "0", "token_cache_size", 0),
         ("TOKEN_CACHE_SIZE", "50", "token_cache_size", 50),
         ("SERVER_WORKERS", "3", "server_workers", 3),
+        ("JWT_AUDIENCE", "https://api.example", "audience", "https://api.example"),
     ],
     ids=lambda v: str(v) if not isinstance(v, Path) else "path",
 )
@@ -190,6 +195,8 @@ BAD_VALUES = [
     ("JWT_KEYS_DIR", ""),
     ("JWT_BIND_HOST", ""),
     ("JWT_PASSPHRASE", ""),
+    ("JWT_AUDIENCE", ""),
+    ("JWT_AUDIENCE", "api\nx"),
 ]
 BAD_IDS = [f"{name}={value[:8]!r}" for name, value in BAD_VALUES]
 
@@ -255,3 +262,66 @@ def test_help_works_with_no_keys(script: str, tmp_path: Path) -> None:
 def test_kid_and_issuer_must_be_printable_text(name: str, value: str) -> None:
     with pytest.raises(UsageError, match=name):
         load_config({name: value})
+
+
+def test_relative_keys_folder_is_made_absolute(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    config = load_config({"JWT_KEYS_DIR": "some/keys"})
+    assert config.keys_dir == tmp_path / "some" / "keys"
+    assert config.private_key_path == tmp_path / "some" / "keys" / ".private.key"
+
+
+# (script, argv, the file or folder its error names, relative to the keys folder's parent)
+MISSING_FILES = [
+    ("sign", [], "keys/.private.key"),
+    ("verify", [], "keys/token.txt"),
+    ("make_request", [], "keys/token.txt"),
+    ("gen", ["--list"], "keys"),
+]
+
+
+@pytest.mark.parametrize(
+    ("script", "argv", "named"), MISSING_FILES, ids=[m[0] for m in MISSING_FILES]
+)
+def test_errors_name_files_by_absolute_path(
+    script: str, argv: list[str], named: str, *, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("JWT_KEYS_DIR", "keys")
+    assert MAINS[script](argv) in (1, 2)
+    line = error_line(capsys.readouterr().err)
+    assert f" {tmp_path / named}" in line, line
+
+
+NOT_UTF8 = "my-\udcffsecret"  # what os.environ holds for the bytes b"my-\xffsecret"
+
+
+def test_passphrase_that_is_not_utf8_is_refused_without_showing_it() -> None:
+    with pytest.raises(UsageError) as raised:
+        load_config({"JWT_PASSPHRASE": NOT_UTF8})
+    message = str(raised.value)
+    assert "JWT_PASSPHRASE" in message
+    assert raised.value.exit_code == 2
+    for part in ("my-", "secret", "\udcff", "xff", "0xff", "position"):
+        assert part not in message
+
+
+@pytest.mark.parametrize("script", ["gen.py", "sign.py", "verify.py"])
+def test_passphrase_that_is_not_utf8_stops_scripts_in_one_line(script: str, keys_dir: Path) -> None:
+    env = {
+        os.fsencode(k): os.fsencode(v) for k, v in script_env(JWT_KEYS_DIR=str(keys_dir)).items()
+    }
+    env[b"JWT_PASSPHRASE"] = b"my-\xffsecret"
+    argv = ["--force", "--bits", "2048"] if script == "gen.py" else []
+    result = subprocess.run(
+        [sys.executable, str(ROOT / script), *argv],
+        env=env, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    line = error_line(result.stderr)
+    assert "JWT_PASSPHRASE" in line
+    for part in ("my-", "secret", "xff", "position"):
+        assert part not in result.stderr + result.stdout

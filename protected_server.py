@@ -179,7 +179,7 @@ def create_app(config: Config | None = None, jwks: JwksClient | None = None) -> 
     app.extensions["authenticator"] = Authenticator(
         jwks or JwksClient(config.jwks_uri, config.jwks_cache_seconds,
                            config.jwks_requests_per_minute),
-        Policy(config.issuer),
+        Policy(config.issuer, audience=config.audience),
         TokenCache(config.token_cache_size),
     )  # fmt: skip
     add_json_errors(app)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import socket
@@ -204,3 +205,17 @@ def assert_clean_error(text: str) -> None:
     assert "Traceback" not in text
     for marker in SECRET_MARKERS:
         assert marker not in text
+
+
+def open_fifo_writer(fifo: Path, process: subprocess.Popen[str]) -> int:
+    """Open ``fifo`` for writing once ``process`` has opened it for reading."""
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        assert process.poll() is None, process.communicate()
+        try:
+            return os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+        except OSError as e:
+            if e.errno != errno.ENXIO:  # ENXIO: no reader yet
+                raise
+        time.sleep(0.01)  # polling the FIFO: the script has no other readiness signal
+    raise AssertionError("the script never opened the FIFO")

@@ -286,8 +286,7 @@ KEY_ATTACKS = [
     Attack(
         "jwk-header-attacker-key-no-kid",
         lambda k: k.token(k.header(jwk=k.attacker_jwk(), kid=None), key=k.other),
-        "invalid signature",
-        server_reason="malformed",
+        "malformed",
     ),
     Attack(
         "jku-right-kid",
@@ -299,14 +298,12 @@ KEY_ATTACKS = [
         lambda k: k.token(
             k.header(jku=f"{k.attacker}{ATTACK_PATH}/jwks", kid="attacker-kid"), key=k.other
         ),
-        "invalid signature",
-        server_reason="unknown kid",
+        "unknown kid",
     ),
     Attack(
         "jku-no-kid",
         lambda k: k.token(k.header(jku=f"{k.attacker}{ATTACK_PATH}/jwks", kid=None), key=k.other),
-        "invalid signature",
-        server_reason="malformed",
+        "malformed",
     ),
     Attack(
         "x5u-right-kid",
@@ -318,8 +315,7 @@ KEY_ATTACKS = [
         lambda k: k.token(
             k.header(x5u=f"{k.attacker}{ATTACK_PATH}/cert.pem", kid="attacker-kid"), key=k.other
         ),
-        "invalid signature",
-        server_reason="unknown kid",
+        "unknown kid",
     ),
     Attack(
         "x5c-attacker-cert",
@@ -329,13 +325,12 @@ KEY_ATTACKS = [
     Attack(
         "x5c-attacker-cert-no-kid",
         lambda k: k.token(k.header(x5c=[k.attacker_cert()], kid=None), key=k.other),
-        "invalid signature",
-        server_reason="malformed",
+        "malformed",
     ),
 ]
 
-# kid values that are strings: verify.py does not use the kid (one public key file), so the
-# attacker's own signature is what it refuses; the server must find no key for them.
+# kid values that are strings: both verifiers choose the key by kid (verify.py among the keys
+# folder's published keys, the server in the JWKS) and must find none for them.
 HOSTILE_KIDS = {
     "empty": "",
     "path-traversal": "../../../../../../dev/null",
@@ -388,29 +383,16 @@ KID_ATTACKS = [
     Attack("kid-10KB", lambda k: k.token(k.header(kid="k" * 10240)), "malformed"),
     *[
         Attack(
-            f"kid-{kind}-attacker-signed",
-            _with_header(kid=value, attacker=True),
-            "invalid signature",
-            server_reason="unknown kid",
+            f"kid-{kind}-{signer}",
+            _with_header(kid=value, attacker=signer == "attacker-signed"),
+            "unknown kid",
             also=_kid_also(kind),
         )
         for kind, value in HOSTILE_KIDS.items()
+        # Signed with the REAL key, only the key lookup can refuse them.
+        for signer in ("attacker-signed", "real-key")
     ],
-]
-
-# Signed with the REAL key, so only the server's key lookup can refuse them.
-SERVER_KID_ATTACKS = [
-    *[
-        Attack(
-            f"kid-{kind}-real-key",
-            _with_header(kid=value),
-            "",
-            server_reason="unknown kid",
-            also=_kid_also(kind),
-        )
-        for kind, value in HOSTILE_KIDS.items()
-    ],
-    Attack("kid-missing-real-key", lambda k: k.token(k.header(kid=None)), "", "malformed"),
+    Attack("kid-missing-real-key", lambda k: k.token(k.header(kid=None)), "malformed"),
 ]
 
 CRIT_HEADERS: dict[str, Json] = {
@@ -691,12 +673,60 @@ STRUCTURE_ATTACKS = [
     ),
 ]
 
+AUDIENCE = "https://api.example"  # the audience of the second pair of verifiers
+
+# Against verifiers with no audience configured: a token carrying aud is meant for someone
+# else (RFC 7519 4.1.3), whatever the aud holds.
+AUD_UNEXPECTED_ATTACKS = [
+    Attack(f"aud-{name}-none-configured", _claims(aud=value), "audience")
+    for name, value in {
+        "string": AUDIENCE,
+        "array": [AUDIENCE],
+        "empty-array": [],
+        "null": None,
+        "empty-string": "",
+    }.items()
+]
+
+# Against verifiers configured with JWT_AUDIENCE=AUDIENCE.
+AUD_REQUIRED_ATTACKS = [
+    Attack("aud-missing", lambda k: k.valid(), "audience"),
+    *[
+        Attack(f"aud-{name}", _claims(aud=value), "audience")
+        for name, value in {
+            "wrong": "https://other.example",
+            "prefix": AUDIENCE[:-1],
+            "superstring": AUDIENCE + "/evil",
+            "uppercase": AUDIENCE.upper(),
+            "trailing-space": AUDIENCE + " ",
+            "array-wrong": ["https://other.example"],
+            "array-substring": [AUDIENCE[:-1], AUDIENCE + "x"],
+            "empty-array": [],
+            "non-string-member": [AUDIENCE, 1],
+            "null-member": [None, AUDIENCE],
+            "nested-array": [[AUDIENCE]],
+            "object-member": [{"aud": AUDIENCE}],
+            "number": 1,
+            "true": True,
+            "null": None,
+            "object": {"aud": AUDIENCE},
+            "empty-string": "",
+        }.items()
+    ],
+    Attack(
+        "aud-duplicate",
+        lambda k: k.token(payload=_duplicated(k.claims(aud="evil"), "aud", json.dumps(AUDIENCE))),
+        "malformed",
+    ),
+]
+
 ATTACKS = (
     ALGORITHM_ATTACKS
     + KEY_ATTACKS
     + KID_ATTACKS
     + CRIT_ATTACKS
     + ISSUER_ATTACKS
+    + AUD_UNEXPECTED_ATTACKS
     + TIME_ATTACKS
     + STRUCTURE_ATTACKS
 )
@@ -780,23 +810,41 @@ def _spawn(script: str, port_variable: str, folder: Path, **env: str) -> Server:
 
 
 @pytest.fixture(scope="module")
-def protected(session_keys: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    """ONE jwks_server.py and ONE protected_server.py for the whole module."""
+def servers(
+    session_keys: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[dict[str, Server]]:
+    """ONE jwks_server.py and TWO protected_server.py for the whole module: ``plain`` with no
+    audience configured, ``audience`` with JWT_AUDIENCE=AUDIENCE."""
     folder = tmp_path_factory.mktemp("attack-servers")
-    servers: list[Server] = []
+    started: list[Server] = []
     try:
         jwks = _spawn("jwks_server.py", "JWKS_PORT", folder, JWT_KEYS_DIR=str(session_keys))
-        servers.append(jwks)
-        wait_until_listening(jwks)
-        server = _spawn(
-            "protected_server.py", "PROTECTED_PORT", folder, JWKS_URI=f"{jwks.base}/keys"
+        started.append(jwks)
+        env = {"JWKS_URI": f"{jwks.base}/keys"}
+        plain = _spawn("protected_server.py", "PROTECTED_PORT", folder, **env)
+        started.append(plain)
+        with_audience = _spawn(
+            "protected_server.py", "PROTECTED_PORT", folder, JWT_AUDIENCE=AUDIENCE, **env
         )
-        servers.append(server)
-        wait_until_listening(server)
-        yield server
+        started.append(with_audience)
+        for server in started:
+            wait_until_listening(server)
+        yield {"plain": plain, "audience": with_audience}
     finally:
-        for running in servers:
+        for running in started:
             running.stop()
+
+
+@pytest.fixture
+def protected(servers: dict[str, Server]) -> Server:
+    """The protected server with no audience configured."""
+    return servers["plain"]
+
+
+@pytest.fixture
+def protected_with_audience(servers: dict[str, Server]) -> Server:
+    """The protected server configured with JWT_AUDIENCE=AUDIENCE."""
+    return servers["audience"]
 
 
 def call(server: Server, authorization: str) -> requests.Response:
@@ -893,13 +941,48 @@ def test_verify_inspect_reports(
     assert attacker.attack_hits() == []
 
 
-@pytest.mark.parametrize("attack", _params(ATTACKS + SERVER_KID_ATTACKS))
+@pytest.mark.parametrize("attack", _params(ATTACKS))
 def test_server_refuses(
     attack: Attack, kit: Kit, protected: Server, attacker: AttackerServer
 ) -> None:
     response = call(protected, f"Bearer {attack.build(kit)}")
     assert_refused_by_server(response, attack)
     assert attacker.attack_hits() == []
+
+
+@pytest.mark.parametrize("attack", _params(AUD_REQUIRED_ATTACKS))
+def test_verifiers_with_an_audience_refuse(
+    attack: Attack, *, kit: Kit, keys_dir: Path, protected_with_audience: Server,
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    token = attack.build(kit)
+    monkeypatch.setenv("JWT_AUDIENCE", AUDIENCE)
+    assert_refused_by_verify(*run_verify(token, capsys), *attack.reasons())
+    monkeypatch.delenv("JWT_AUDIENCE")
+    assert_refused_by_verify(
+        verify.main([f"--token={token}", f"--audience={AUDIENCE}"]),
+        *capsys.readouterr(),
+        *attack.reasons(),
+    )
+    assert_refused_by_server(call(protected_with_audience, f"Bearer {token}"), attack)
+
+
+@pytest.mark.parametrize(
+    "aud", [AUDIENCE, [AUDIENCE], ["https://other.example", AUDIENCE]],
+    ids=["string", "array", "array-of-two"],
+)  # fmt: skip
+def test_verifiers_with_an_audience_accept_it(
+    aud: Any, *, kit: Kit, keys_dir: Path, protected_with_audience: Server,
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    token = kit.token(payload=kit.claims(aud=aud))
+    monkeypatch.setenv("JWT_AUDIENCE", AUDIENCE)
+    code, out, err = run_verify(token, capsys)
+    assert (code, err) == (0, "")
+    assert json.loads(out.removeprefix("Decoded token data "))["aud"] == aud
+    response = call(protected_with_audience, f"Bearer {token}")
+    assert response.status_code == 200, response.text
+    assert json.loads(response.text.removeprefix("Result: "))["aud"] == aud
 
 
 def test_server_answers_a_1mb_authorization_header_and_keeps_serving(

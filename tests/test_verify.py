@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import base64
+import gc
 import hashlib
 import hmac
 import json
+import os
+import signal
+import subprocess
+import sys
 import time
+import tracemalloc
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,12 +24,17 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 
+import gen
+import sign
 import verify
-from config import DEFAULT_ISSUER, DEFAULT_KID
-from tests.conftest import TokenFactory, assert_clean_error
+from config import DEFAULT_ISSUER, DEFAULT_KID, DEFAULT_PASSPHRASE
+from keystore import KEYRING_FILE, NEXT_PRIVATE_KEY_FILE, load_private_key
+from tests.conftest import ROOT, TokenFactory, assert_clean_error, open_fifo_writer, script_env
 
 HOUR = 3600
 DAY = 86400
+AUD = "https://api.example"
+ENV_AUD = {"JWT_AUDIENCE": AUD}
 
 
 def error_line(err: str) -> str:
@@ -227,6 +238,30 @@ REFUSALS: list[tuple[str, Build, list[str], dict[str, str], str]] = [
      [], {}, "unsupported critical header"),
     ("crit-empty", lambda t: raw_token(t.header(crit=[]), t.claims(), t.key), [], {},
      "unsupported critical header"),
+    # No audience configured: a token carrying aud is meant for someone else (RFC 7519 4.1.3).
+    ("aud-string-none-configured", lambda t: t.make(aud=AUD), [], {}, "audience"),
+    ("aud-array-none-configured", lambda t: t.make(aud=[AUD]), [], {}, "audience"),
+    ("aud-empty-array-none-configured", lambda t: t.make(aud=[]), [], {}, "audience"),
+    ("aud-null-none-configured", lambda t: t.make(aud=None), [], {}, "audience"),
+    # An audience configured: aud must be it, or an array of strings holding it.
+    ("aud-missing", lambda t: t.make(), [], ENV_AUD, "audience"),
+    ("aud-missing-option", lambda t: t.make(), ["--audience", AUD], {}, "audience"),
+    ("aud-wrong", lambda t: t.make(aud="https://other.example"), [], ENV_AUD, "audience"),
+    ("aud-prefix", lambda t: t.make(aud=AUD[:-1]), [], ENV_AUD, "audience"),
+    ("aud-superstring", lambda t: t.make(aud=AUD + "/v2"), [], ENV_AUD, "audience"),
+    ("aud-case", lambda t: t.make(aud=AUD.upper()), [], ENV_AUD, "audience"),
+    ("aud-array-without-it", lambda t: t.make(aud=["https://other.example"]), [], ENV_AUD,
+     "audience"),
+    ("aud-empty-array", lambda t: t.make(aud=[]), [], ENV_AUD, "audience"),
+    ("aud-array-non-string-member", lambda t: t.make(aud=[AUD, 1]), [], ENV_AUD, "audience"),
+    ("aud-array-nested", lambda t: t.make(aud=[[AUD]]), [], ENV_AUD, "audience"),
+    ("aud-array-null", lambda t: t.make(aud=[None]), [], ENV_AUD, "audience"),
+    ("aud-number", lambda t: t.make(aud=1), [], ENV_AUD, "audience"),
+    ("aud-object", lambda t: t.make(aud={"aud": AUD}), [], ENV_AUD, "audience"),
+    ("aud-null", lambda t: t.make(aud=None), [], ENV_AUD, "audience"),
+    ("aud-true", lambda t: t.make(aud=True), [], ENV_AUD, "audience"),
+    ("aud-option-overrides-env", lambda t: t.make(aud=AUD),
+     ["--audience", "https://other.example"], ENV_AUD, "audience"),
 ]  # fmt: skip
 
 
@@ -295,7 +330,6 @@ ACCEPTED: list[tuple[str, Build, list[str], dict[str, str]]] = [
     ("default", lambda t: t.make(), [], {}),
     ("nbf-passed", lambda t: t.make(nbf=t.now - 60), [], {}),
     ("extra-claims", lambda t: t.make(roles=["a", "b"], nested={"x": 1}), [], {}),
-    ("no-kid", lambda t: raw_token({"alg": "RS256", "typ": "JWT"}, t.claims(), t.key), [], {}),
     ("leeway-on-exp", lambda t: t.make(now=t.now - HOUR, exp=t.now - 30),
      ["--leeway", "3600"], {}),
     ("leeway-on-nbf", lambda t: t.make(nbf=t.now + 30), ["--leeway", "1h"], {}),
@@ -305,6 +339,9 @@ ACCEPTED: list[tuple[str, Build, list[str], dict[str, str]]] = [
     ("max-age-default-1d", lambda t: t.make(now=t.now - DAY + HOUR, exp=t.now + HOUR), [], {}),
     ("issuer-configured", lambda t: t.make(iss="https://issuer.example"), [],
      {"JWT_ISSUER": "https://issuer.example"}),
+    ("aud-string", lambda t: t.make(aud=AUD), [], ENV_AUD),
+    ("aud-array-holding-it", lambda t: t.make(aud=["https://other.example", AUD]), [], ENV_AUD),
+    ("aud-option", lambda t: t.make(aud=[AUD]), ["--audience", AUD], {}),
 ]  # fmt: skip
 
 
@@ -568,3 +605,227 @@ def test_help_works_with_no_keys(empty_keys_dir: Path, capsys: pytest.CaptureFix
                    "--inspect"):  # fmt: skip
         assert option in out
     assert not empty_keys_dir.exists()
+
+
+# --- the key, chosen by kid among the folder's published keys ------------------------------
+
+BITS = ["--bits", "2048"]  # the key choice does not depend on the key size; keep tests fast
+
+
+def test_retired_and_next_keys_verify_after_rotation(
+    tokens: Tokens, keys_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    signed_by_first = tokens.make()  # kid my-key-id, the session key
+    assert gen.main(["--next", "--kid", "k2", *BITS]) == 0
+    next_key = load_private_key(keys_dir / NEXT_PRIVATE_KEY_FILE, DEFAULT_PASSPHRASE)
+    signed_by_next = tokens.make(key=next_key, header={"kid": "k2"}, userId="next")
+    assert gen.main(["--promote"]) == 0  # my-key-id is now retired, k2 current
+    assert sign.main(["--payload", '{"userId": "current"}']) == 0
+    capsys.readouterr()
+    for token, user in ((signed_by_first, "a-b-c-d"), (signed_by_next, "next"), (None, "current")):
+        code, out, err = run([] if token is None else ["--token", token], capsys)
+        assert (code, err) == (0, "")
+        assert decoded(out)["userId"] == user
+    # The right kid with another key's signature is still refused.
+    forged = tokens.make(key=tokens.other, header={"kid": "k2"})
+    code, _, err = run(["--token", forged], capsys)
+    assert code == 1
+    assert_reason(error_line(err), "invalid signature")
+
+
+@pytest.mark.parametrize("kid", ["nope", "", "../.public.key.pem", "MY-KEY-ID"])
+def test_unknown_kid(
+    kid: str, tokens: Tokens, keys_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, err = run(["--token", tokens.make(header={"kid": kid})], capsys)
+    assert (code, out) == (1, "")
+    assert_reason(error_line(err), "unknown kid")
+
+
+def test_token_without_kid_is_malformed_when_the_folder_has_a_key_ring(
+    tokens: Tokens, keys_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert (keys_dir / KEYRING_FILE).exists()
+    token = raw_token({"alg": "RS256", "typ": "JWT"}, tokens.claims(), tokens.key)
+    code, _, err = run(["--token", token], capsys)
+    assert code == 1
+    assert_reason(error_line(err), "malformed")
+
+
+def test_guide_folder_with_only_two_files(
+    tokens: Tokens, keys_dir: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    # The guide's two files alone: the current key has kid JWT_KID, and is the only key, so a
+    # token without kid is verified with it (the guide's verify.ts looks at no kid).
+    (keys_dir / KEYRING_FILE).unlink()
+    monkeypatch.setenv("JWT_KID", "from-env")
+    no_kid = raw_token({"alg": "RS256", "typ": "JWT"}, tokens.claims(), tokens.key)
+    for token in (no_kid, tokens.make(header={"kid": "from-env"})):
+        code, out, err = run(["--token", token], capsys)
+        assert (code, err) == (0, ""), token
+        assert decoded(out)["userId"] == "a-b-c-d"
+    code, _, err = run(["--token", tokens.make()], capsys)  # kid my-key-id
+    assert code == 1
+    assert_reason(error_line(err), "unknown kid")
+
+
+def test_public_key_option_needs_no_kid(
+    tokens: Tokens, keys_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pem = str(keys_dir / ".public.key.pem")
+    for header in ({"alg": "RS256", "typ": "JWT"}, tokens.header(kid="anything")):
+        token = raw_token(header, tokens.claims(), tokens.key)
+        code, _, err = run(["--token", token, "--public-key", pem], capsys)
+        assert (code, err) == (0, "")
+
+
+# --- messages ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("build", "expected"),
+    [(lambda t: "abc", "verify: malformed: a JWT has 3 dot-separated segments, this has 1"),
+     (lambda t: "a.b", "verify: malformed: a JWT has 3 dot-separated segments, this has 2"),
+     (lambda t: t.make(iss="x"), "verify: issuer: token has 'x', expected 'my-issuer-name'"),
+     (lambda t: t.make(aud=AUD), f"verify: audience: token has aud '{AUD}' but no audience "
+      "is configured (JWT_AUDIENCE): it is meant for another service")],
+    ids=["one-segment", "two-segments", "issuer", "audience-none-configured"],
+)  # fmt: skip
+def test_messages_say_what_was_expected(
+    build: Build, expected: str, tokens: Tokens, keys_dir: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    code, _, err = run(["--token", build(tokens)], capsys)
+    assert code == 1
+    assert error_line(err) == expected
+
+
+def test_audience_messages_name_both_sides(
+    tokens: Tokens, keys_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, _, err = run(["--token", tokens.make(aud="other"), "--audience", AUD], capsys)
+    assert code == 1
+    assert error_line(err) == f"verify: audience: token has 'other', expected '{AUD}'"
+    code, _, err = run(["--token", tokens.make(), "--audience", AUD], capsys)
+    assert error_line(err) == f"verify: audience: token has no aud, expected '{AUD}'"
+
+
+@pytest.mark.parametrize("option", ["--public-key", "--token-file"])
+def test_missing_file_given_as_option_is_named_absolute_without_wrong_advice(
+    option: str, *, tokens: Tokens, keys_dir: Path, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    monkeypatch.chdir(tmp_path)
+    argv = [option, "nope.pem"] + (["--token", tokens.make()] if option == "--public-key" else [])
+    code, out, err = run(argv, capsys)
+    assert (code, out) == (2, "")
+    line = error_line(err)
+    assert str(tmp_path / "nope.pem") in line
+    assert "does not exist" in line
+    assert "gen.py" not in line and "sign.py" not in line
+
+
+def test_missing_public_key_in_a_relative_keys_folder_is_named_absolute(
+    tokens: Tokens, keys_dir: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    (keys_dir / ".public.key.pem").unlink()
+    monkeypatch.chdir(keys_dir.parent)
+    monkeypatch.setenv("JWT_KEYS_DIR", "keys")
+    code, _, err = run(["--token", tokens.make()], capsys)
+    assert code == 2
+    line = error_line(err)
+    assert f"no public key at {keys_dir / '.public.key.pem'}: run gen.py first" in line
+
+
+def test_inspect_shows_contents_before_and_results_after_verification(
+    tokens: Tokens, keys_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, lines = inspected(["--token", tokens.make()], capsys)
+    assert code == 0
+    split = lines.index("Verification:")
+    before, after = lines[:split], lines[split + 1 :]
+    assert "NOT VERIFIED yet" in before[0]
+    assert [line.split(":")[0] for line in before[1:3]] == ["header", "claims"]
+    assert not any("VERIFIED" in line.upper() for line in after if "signature" not in line)
+    assert after == ["signature: verified with the public key", "checks: all pass"]
+
+
+def test_inspect_unknown_kid(
+    tokens: Tokens, keys_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, lines = inspected(["--token", tokens.make(header={"kid": "nope"})], capsys)
+    assert code == 1
+    assert line_starting(lines, "signature:").startswith("signature: not checked")
+    assert lines[-1].startswith("checks failing: unknown kid")
+
+
+# --- the header cache ----------------------------------------------------------------------
+
+
+def _memory_growth(action: Callable[[], None]) -> int:
+    """Bytes still allocated after ``action`` that were not before."""
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        action()
+        gc.collect()
+        return tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+
+
+@pytest.mark.parametrize("passing", [False, True], ids=["refused-headers", "passing-headers"])
+def test_header_cache_is_bounded_in_bytes(passing: bool, tokens: Tokens) -> None:
+    # 600 distinct 6 KB headers once took a worker from 53 to 94 MiB: each was cached before it
+    # was checked, and the cache was bounded only by count.
+    signature = b64(bytes(512))
+    payload = b64(json.dumps(tokens.claims()).encode())
+
+    def parse_all() -> None:
+        for n in range(600):
+            header = {"alg": "RS256" if passing else "none", "kid": f"{n:06}" + "k" * 4400}
+            try:
+                verify.parse_token(f"{b64(json.dumps(header).encode())}.{payload}.{signature}")
+            except verify.VerificationError:
+                assert not passing
+
+    assert _memory_growth(parse_all) < 512 * 1024
+
+
+def test_header_cache_keeps_only_checked_headers() -> None:
+    cache = verify.HeaderCache(max_entries=3, max_bytes=100)
+    for n in range(5):
+        cache.put(f"h{n}", {})
+    assert len(cache) <= 3
+    cache.put("x" * 101, {})
+    assert cache.get("x" * 101) is None
+    for n in range(4):
+        cache.put(f"{n}" * 40, {})
+    assert cache.bytes <= 100
+    assert cache.get("3" * 40) is not None
+
+
+# --- Ctrl-C --------------------------------------------------------------------------------
+
+
+def test_ctrl_c_exits_130_in_one_line(tokens: Tokens, keys_dir: Path, tmp_path: Path) -> None:
+    # verify.py blocks reading a FIFO; once it has opened it, it is past its imports.
+    fifo = tmp_path / "token.fifo"
+    os.mkfifo(fifo)
+    process = subprocess.Popen(
+        [sys.executable, str(ROOT / "verify.py"), "--token-file", str(fifo)],
+        env=script_env(JWT_KEYS_DIR=str(keys_dir)), stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    writer = open_fifo_writer(fifo, process)
+    try:
+        process.send_signal(signal.SIGINT)
+        out, err = process.communicate(timeout=20)
+    finally:
+        os.close(writer)
+    assert process.returncode == 130
+    assert_clean_error(out + err)
+    assert len((out + err).splitlines()) <= 1

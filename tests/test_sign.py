@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import base64
 import json
+import os
+import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -13,9 +17,10 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 
 import sign
+import verify
 from config import DEFAULT_ISSUER, DEFAULT_KID
 from keystore import KEYRING_FILE
-from tests.conftest import assert_clean_error
+from tests.conftest import ROOT, assert_clean_error, open_fifo_writer, script_env
 
 NOW = 1_700_000_000
 
@@ -82,8 +87,8 @@ def test_token_txt_is_readable_by_its_owner_only(
 def test_writes_token_txt(keys_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
     (keys_dir / "token.txt").write_text("an old token\n")
     token = signed(capsys, [])
-    assert (keys_dir / "token.txt").read_text().strip() == token
-    assert (keys_dir / "token.txt").read_text().count("\n") <= 1
+    # The token and nothing else, no newline: the guide's Node scripts read the file as is.
+    assert (keys_dir / "token.txt").read_bytes() == token.encode("ascii")
 
 
 def test_claims_are_payload_then_iat_exp_iss(
@@ -170,6 +175,7 @@ def test_option_overrides_environment(
         (["--payload", '{"exp": 1}'], ["exp"]),
         (["--payload", '{"iss": "me"}'], ["iss"]),
         (["--payload", '{"a": 1, "exp": 1, "iss": "x"}'], ["exp", "iss"]),
+        (["--payload", '{"aud": "someone"}'], ["aud"]),
         (["--payload", '{"n": NaN}'], ["JSON"]),
         (["--payload", "[" * 100_000], ["JSON"]),
         (["--payload", '{"x": 1e400}'], ["JSON"]),
@@ -180,14 +186,21 @@ def test_option_overrides_environment(
         (["--expires-in", "-5"], []),
         (["--expires-in", "5 fortnights"], ["fortnight"]),
         (["--expires-in", "9" * 400], []),
+        (["--expires-in", "30d"], ["30d", "1 day", "too old"]),
+        (["--expires-in", "86401"], ["86401", "1 day", "too old"]),
+        (["--expires-in", "25h"], ["25h", "1 day", "too old"]),
+        (["--audience", ""], ["audience"]),
+        (["--audience", "a\nb"], ["audience"]),
         (["--unknown"], ["--unknown"]),
     ],
     ids=[
         "payload-not-json", "payload-array", "payload-string", "payload-number",
         "payload-null", "payload-iat", "payload-exp", "payload-iss", "payload-two-reserved",
-        "payload-nan", "payload-deeply-nested", "payload-infinite-number",
-        "payload-duplicate-member", "payload-lone-surrogate", "expires-word", "expires-zero",
-        "expires-negative", "expires-unknown-unit", "expires-huge", "unknown-option",
+        "payload-aud", "payload-nan", "payload-deeply-nested", "payload-infinite-number",
+        "payload-duplicate-member", "payload-lone-surrogate", "expires-word",
+        "expires-zero", "expires-negative", "expires-unknown-unit", "expires-huge",
+        "expires-30d", "expires-1-day-1s", "expires-25h", "audience-empty", "audience-newline",
+        "unknown-option",
     ],
 )  # fmt: skip
 def test_usage_errors(
@@ -209,8 +222,10 @@ def test_usage_errors(
     assert not (keys_dir / "token.txt").exists()
 
 
-@pytest.mark.parametrize("value", ["soon", "0", "1 fortnight", "9" * 400],
-                         ids=["word", "zero", "unknown-unit", "huge"])  # fmt: skip
+@pytest.mark.parametrize(
+    "value", ["soon", "0", "1 fortnight", "9" * 400, "30d", "86401"],
+    ids=["word", "zero", "unknown-unit", "huge", "30d", "1-day-1s"],
+)  # fmt: skip
 def test_bad_lifetime_in_environment(
     value: str,
     keys_dir: Path,
@@ -266,3 +281,74 @@ def test_help_works_with_no_keys(empty_keys_dir: Path, capsys: pytest.CaptureFix
     assert "--payload" in out
     assert "--expires-in" in out
     assert not empty_keys_dir.exists()
+
+
+# --- audience ------------------------------------------------------------------------------
+
+AUD = "https://api.example"
+
+
+@pytest.mark.parametrize(
+    ("env", "argv", "expected"),
+    [({"JWT_AUDIENCE": AUD}, [], AUD), ({}, ["--audience", AUD], AUD),
+     ({"JWT_AUDIENCE": "from-env"}, ["--audience", AUD], AUD)],
+    ids=["environment", "option", "option-overrides-environment"],
+)  # fmt: skip
+def test_audience_is_set_after_iss(
+    env: dict[str, str], argv: list[str], expected: str, *, keys_dir: Path,
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    token = signed(capsys, argv)
+    claims = segment(token, 1)
+    assert list(claims) == ["userId", "iat", "exp", "iss", "aud"]
+    assert claims["aud"] == expected
+    # ...and verify.py, with the same configuration, accepts it.
+    monkeypatch.setenv("JWT_AUDIENCE", expected)
+    assert verify.main([]) == 0
+    assert capsys.readouterr().err == ""
+
+
+def test_max_lifetime_is_accepted(
+    keys_dir: Path, frozen_clock: int, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    monkeypatch.setenv("JWT_EXPIRES_IN", "24h")
+    claims = segment(signed(capsys, []), 1)
+    assert claims["exp"] - claims["iat"] == 86400
+
+
+def test_lifetime_over_max_age_in_environment_says_why(
+    keys_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("JWT_EXPIRES_IN", "30d")
+    assert sign.main([]) == 2
+    line = error_line(capsys.readouterr().err)
+    assert line == (
+        "sign: JWT_EXPIRES_IN (2592000s) is longer than the maximum token age of 1 day: every "
+        "verifier would refuse the token as too old before it expires"
+    )
+
+
+# --- Ctrl-C --------------------------------------------------------------------------------
+
+
+def test_ctrl_c_exits_130_in_one_line(keys_dir: Path) -> None:
+    # sign.py blocks reading a private key that is a FIFO: it is past its imports by then.
+    (keys_dir / ".private.key").unlink()
+    os.mkfifo(keys_dir / ".private.key")
+    process = subprocess.Popen(
+        [sys.executable, str(ROOT / "sign.py")], env=script_env(JWT_KEYS_DIR=str(keys_dir)),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    writer = open_fifo_writer(keys_dir / ".private.key", process)
+    try:
+        process.send_signal(signal.SIGINT)
+        out, err = process.communicate(timeout=20)
+    finally:
+        os.close(writer)
+    assert process.returncode == 130
+    assert_clean_error(out + err)
+    assert len((out + err).splitlines()) <= 1
+    assert not (keys_dir / "token.txt").exists()

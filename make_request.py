@@ -47,8 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run step 4.c; return the exit code."""
-    build_parser().parse_args(argv)
     try:
+        build_parser().parse_args(argv)
         config = load_config()
         try:
             token = config.token_path.read_text(encoding="utf-8").strip()
@@ -62,6 +62,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except AppError as e:
         print(f"make_request: {e}", file=sys.stderr)
         return e.exit_code
+    except KeyboardInterrupt:
+        print("make_request: interrupted", file=sys.stderr)
+        return 130
     return 0
 
 

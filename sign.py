@@ -38,7 +38,10 @@ def make_claims(
     """
     reserved = [name for name in RESERVED_CLAIMS if name in payload]
     if reserved:
-        raise UsageError(f"--payload may not set {', '.join(reserved)}: sign.py sets them")
+        raise UsageError(
+            f"--payload may not set {', '.join(reserved)}: sign.py sets iat, exp and iss, "
+            "and aud from --audience or JWT_AUDIENCE"
+        )
     claims = {**payload, "iat": now, "exp": now + expires_in, "iss": issuer}
     if audience is not None:
         claims["aud"] = audience

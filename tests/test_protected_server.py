@@ -27,7 +27,14 @@ import protected_server
 from config import DEFAULT_ISSUER, DEFAULT_KID, load_config
 from jwks_client import FetchError, JwksClient
 from protected_server import Authenticator
-from tests.conftest import ServerFactory, TokenFactory, assert_clean_error, free_port
+from tests.conftest import (
+    ServerFactory,
+    TokenFactory,
+    assert_clean_error,
+    free_port,
+    run_script,
+    script_env,
+)
 from tests.jwks_fakes import FakeClock, JwksHttpServer, jwk_of, key_set
 from verify import verify_token
 
@@ -583,3 +590,34 @@ def test_recovers_within_seconds_of_the_jwks_server_starting(
         assert time.monotonic() - up < 6, "still 503 long after the JWKS server answers"
         time.sleep(0.05)
     assert answer.status_code == 200
+
+
+@pytest.mark.e2e
+def test_gen_force_while_the_servers_run_is_picked_up_without_restart(
+    keys_dir: Path, start_server: ServerFactory
+) -> None:
+    """gen.py --force makes a new key under the same kid: tokens signed with it are accepted
+    at once (the guide's 5 fetches a minute), and tokens of the old key are refused."""
+    env = script_env(JWT_KEYS_DIR=str(keys_dir))
+    jwks = start_server("jwks_server.py", "JWKS_PORT", JWT_KEYS_DIR=str(keys_dir))
+    protected = start_server("protected_server.py", "PROTECTED_PORT", JWKS_URI=f"{jwks.base}/keys")
+
+    def call(token: str) -> requests.Response:
+        headers = {"Authorization": f"Bearer {token}"}
+        return requests.get(f"{protected.base}/with-auth", headers=headers, timeout=10)
+
+    def sign() -> str:
+        result = run_script("sign.py", env=env)
+        assert result.returncode == 0, result.stderr
+        return result.stdout.split()[-1]
+
+    old = sign()
+    assert call(old).status_code == 200
+    result = run_script("gen.py", "--force", "--bits", "2048", env=env)
+    assert result.returncode == 0, result.stderr
+    new = sign()
+    assert call(new).status_code == 200
+    refused = call(old)
+    assert refused.status_code == 401
+    assert "signature" in refused.json()["error_description"]
+    assert call(new).status_code == 200

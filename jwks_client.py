@@ -206,7 +206,7 @@ _STRING_MEMBERS = (
     "d", "p", "q", "dp", "dq", "qi", "k",
 )  # fmt: skip
 # The type of every member registered for a JWK (RFC 7517 4, RFC 7518 6, W3C WebCrypto's
-# ext). PyJWK checks none of them (a key_ops of null made `in` raise TypeError, a 500), so
+# ext). PyJWK does not check their types (a key_ops of null made `in` raise TypeError: a 500), so
 # they are checked here; unregistered members are ignored, as RFC 7517 4 says.
 _MEMBER_TYPES: dict[str, tuple[Callable[[Any], bool], str]] = {
     **{name: (_is_str, "a string") for name in _STRING_MEMBERS},

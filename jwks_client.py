@@ -9,18 +9,29 @@ Behaviour (see the README's SECURITY section):
 - keys are cached for ``cache_seconds``, or for a shorter ``Cache-Control: max-age`` sent by
   the JWKS server, but never less than ``MIN_CACHE_SECONDS``;
 - never more than ``requests_per_minute`` fetches in any 60 s; and after a fetch asked for by
-  an unknown ``kid`` (or a failed one), the next waits ``60 / requests_per_minute`` s (the
-  spacing), so a flood of random ``kid``s gets one fetch per spacing interval, and a key
-  published during the flood is seen within one interval (two, in the first minute). A
-  fetch the cache needed (cold start, expiry) does not start the spacing: a key promoted
-  just after it is fetched at once, as ``jwks-rsa`` would;
+  an unknown ``kid`` (or by a signature that failed with a cached key, see ``refresh_key``),
+  the next waits ``60 / requests_per_minute`` s (the spacing), so a flood of random ``kid``s
+  or forged signatures gets one fetch per spacing interval, and a key published (or replaced
+  under the same ``kid``) during the flood is seen within one interval (two, in the first
+  minute). A fetch the cache needed (cold start, expiry) does not start the spacing: a key
+  promoted just after it is fetched at once, as ``jwks-rsa`` would;
+- after a failed fetch the next may start ``FIRST_RETRY_SECONDS`` later, then twice as long
+  after each further failure in a row, up to the spacing, each delay shortened by a random
+  part of up to ``RETRY_JITTER`` (so that many servers do not retry in step), and always
+  within the per-minute allowance;
 - one fetch at a time: concurrent requests wait for it and share its result, while requests
   whose key is cached never wait (a stale cached key is served while the refresh runs);
 - a fetch fails on a timeout (5 s in all), a status other than 200, a body over
-  ``MAX_JWKS_BYTES``, or a body that is not a JSON key set; keys that are not RSA signing
-  keys for RS256, carry private members, are under 2048 bits, or share a ``kid`` are dropped;
+  ``MAX_JWKS_BYTES``, or a body that is not a JSON key set. It sends no credentials: no
+  ``.netrc``; only proxies and a CA bundle are taken from the environment (``http_fetch``);
+- entries of the key set are used only if they are RSA signing keys for RS256; an entry that
+  is malformed (a registered member of the wrong type), carries private members, has a
+  modulus that is even or outside 2048..16384 bits or an exponent that is even, under 3 or
+  over 33 bits (BoringSSL's limits), or shares a ``kid``, is skipped and logged; the rest of
+  the set is used;
 - after a failed fetch the previous keys stay in use for up to ``STALE_IF_ERROR_SECONDS``
-  past their expiry; with no keys at all, ``JwksUnavailable`` says when to retry.
+  past their expiry; with no keys at all, ``JwksUnavailable`` says when the next fetch may
+  start.
 """
 
 from __future__ import annotations
@@ -28,6 +39,8 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
+import random
 import re
 import threading
 import time
@@ -40,8 +53,9 @@ from typing import Any
 
 import requests
 import urllib3
-from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
-from jwt import PyJWK, PyJWTError
+from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey, RSAPublicNumbers
+from jwt.utils import from_base64url_uint
+from requests.utils import get_environ_proxies
 
 from verify import ALGORITHM
 
@@ -50,8 +64,13 @@ FETCH_TIMEOUT = 5.0
 MAX_JWKS_BYTES = 256 * 1024
 MIN_CACHE_SECONDS = 10
 STALE_IF_ERROR_SECONDS = 3600
+FIRST_RETRY_SECONDS = 1.0  # Envoy's failed_refetch_duration
+RETRY_JITTER = 0.25  # each retry delay is shortened by a random part of up to this fraction
 MIN_RSA_BITS = 2048
+MAX_RSA_BITS = 16384  # BoringSSL's and OpenSSL's OPENSSL_RSA_MAX_MODULUS_BITS
+MAX_EXPONENT_BITS = 33  # BoringSSL's kMaxExponentBits: larger ones only slow verification
 PRIVATE_MEMBERS = frozenset({"d", "p", "q", "dp", "dq", "qi", "oth", "k"})
+LOGGED_SKIPS = 5  # skipped entries named in the one log line of a fetch
 
 log = logging.getLogger(__name__)
 
@@ -89,8 +108,16 @@ def _max_age(cache_control: str) -> float | None:
     return float(match.group(1)) if match else None
 
 
+def _environment_settings(uri: str) -> dict[str, Any]:
+    # What requests' trust_env takes from the environment, minus the .netrc credentials it
+    # would also send: the proxies (HTTP_PROXY, HTTPS_PROXY, ALL_PROXY, NO_PROXY) and the
+    # CA bundle (REQUESTS_CA_BUNDLE, CURL_CA_BUNDLE), read as requests reads them.
+    ca_bundle = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
+    return {"proxies": get_environ_proxies(uri), "verify": ca_bundle or True}
+
+
 def http_fetch(uri: str) -> tuple[Any, float | None]:
-    """GET the JWKS at ``uri``, reading at most ``MAX_JWKS_BYTES``.
+    """GET the JWKS at ``uri``, reading at most ``MAX_JWKS_BYTES``, sending no credentials.
 
     Raises FetchError for any network error, non-200 status, oversized or non-JSON body, or
     a body still arriving after ``FETCH_TIMEOUT``. A server sending its headers slowly is cut
@@ -98,22 +125,25 @@ def http_fetch(uri: str) -> tuple[Any, float | None]:
     """
     deadline = time.monotonic() + FETCH_TIMEOUT
     try:
-        with requests.get(
-            uri, timeout=FETCH_TIMEOUT, stream=True, allow_redirects=False,
-            headers={"User-Agent": USER_AGENT, "Accept": "application/json"},
-        ) as response:  # fmt: skip
-            if response.status_code != 200:
-                raise FetchError(f"{uri} answered HTTP {response.status_code}")
-            body = bytearray()
-            # read1 returns what has arrived; iter_content would wait for a full chunk, so a
-            # server dripping bytes could keep the loop from ever checking the deadline.
-            while chunk := response.raw.read1(16384, decode_content=True):
-                body += chunk
-                if len(body) > MAX_JWKS_BYTES:
-                    raise FetchError(f"{uri} sent more than {MAX_JWKS_BYTES} bytes")
-                if time.monotonic() > deadline:
-                    raise FetchError(f"{uri} took more than {FETCH_TIMEOUT:.0f} s")
-            max_age = _max_age(response.headers.get("Cache-Control", ""))
+        with requests.Session() as session:
+            session.trust_env = False  # else requests sends .netrc credentials for the host
+            with session.get(
+                uri, timeout=FETCH_TIMEOUT, stream=True, allow_redirects=False,
+                headers={"User-Agent": USER_AGENT, "Accept": "application/json"},
+                **_environment_settings(uri),
+            ) as response:  # fmt: skip
+                if response.status_code != 200:
+                    raise FetchError(f"{uri} answered HTTP {response.status_code}")
+                body = bytearray()
+                # read1 returns what has arrived; iter_content would wait for a full chunk,
+                # so a server dripping bytes could keep the loop from checking the deadline.
+                while chunk := response.raw.read1(16384, decode_content=True):
+                    body += chunk
+                    if len(body) > MAX_JWKS_BYTES:
+                        raise FetchError(f"{uri} sent more than {MAX_JWKS_BYTES} bytes")
+                    if time.monotonic() > deadline:
+                        raise FetchError(f"{uri} took more than {FETCH_TIMEOUT:.0f} s")
+                max_age = _max_age(response.headers.get("Cache-Control", ""))
     except (requests.RequestException, urllib3.exceptions.HTTPError) as e:
         raise FetchError(f"cannot fetch {uri}: {type(e).__name__}") from e
     try:
@@ -139,52 +169,159 @@ def bounded_fetch(uri: str) -> tuple[Any, float | None]:
         raise FetchError(f"{uri} took more than {FETCH_TIMEOUT:g} s") from None
 
 
-def _usable(jwk: Any) -> bool:
-    return (
-        isinstance(jwk, dict)
-        and not PRIVATE_MEMBERS & jwk.keys()
-        and jwk.get("kty") == "RSA"
-        and jwk.get("use", "sig") == "sig"
-        and jwk.get("alg", ALGORITHM) == ALGORITHM
-        and "verify" in jwk.get("key_ops", ["verify"])
-        and isinstance(jwk.get("kid"), str)
-        and bool(jwk["kid"])
-        and isinstance(jwk.get("n"), str)
-        and isinstance(jwk.get("e"), str)
-    )
+# --- the entries of a key set ---------------------------------------------------------------
+
+
+class _Skipped(Exception):
+    """Raised for a key-set entry that is not used; ``notable`` ones are logged as warnings
+    (malformed or unsafe), the others (keys for something else) only at debug level."""
+
+    def __init__(self, reason: str, notable: bool = True) -> None:
+        super().__init__(reason)
+        self.notable = notable
+
+
+def _is_str(value: Any) -> bool:
+    return isinstance(value, str)
+
+
+def _is_str_set(value: Any) -> bool:
+    return isinstance(value, list) and all(map(_is_str, value)) and len(set(value)) == len(value)
+
+
+def _is_str_list(value: Any) -> bool:
+    return isinstance(value, list) and bool(value) and all(map(_is_str, value))
+
+
+def _is_object_list(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(item, dict) for item in value)
+
+
+def _is_bool(value: Any) -> bool:
+    return isinstance(value, bool)
+
+
+_STRING_MEMBERS = (
+    "kty", "use", "alg", "kid", "x5u", "x5t", "x5t#S256", "crv", "x", "y", "n", "e",
+    "d", "p", "q", "dp", "dq", "qi", "k",
+)  # fmt: skip
+# The type of every member registered for a JWK (RFC 7517 4, RFC 7518 6, W3C WebCrypto's
+# ext). PyJWK does not check their types (a key_ops of null made `in` raise TypeError: a 500), so
+# they are checked here; unregistered members are ignored, as RFC 7517 4 says.
+_MEMBER_TYPES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    **{name: (_is_str, "a string") for name in _STRING_MEMBERS},
+    "key_ops": (_is_str_set, "a list of distinct strings"),
+    "x5c": (_is_str_list, "a non-empty list of strings"),
+    "oth": (_is_object_list, "a list of objects"),
+    "ext": (_is_bool, "a boolean"),
+}
+
+
+def _check_member_types(jwk: dict[str, Any]) -> None:
+    """Raises _Skipped naming the first registered member of ``jwk`` of the wrong type."""
+    for name, value in jwk.items():
+        check = _MEMBER_TYPES.get(name)
+        if check is not None and not check[0](value):
+            raise _Skipped(f"malformed: {name} is not {check[1]}")
+
+
+def _check_purpose(jwk: dict[str, Any]) -> None:
+    """Raises _Skipped (not notable) unless ``jwk`` is an RSA public key for RS256 signatures."""
+    if jwk.get("kty") != "RSA":
+        raise _Skipped("not an RSA key", notable=False)
+    if jwk.get("use", "sig") != "sig" or "verify" not in jwk.get("key_ops", ["verify"]):
+        raise _Skipped("not a signature verification key", notable=False)
+    if jwk.get("alg", ALGORITHM) != ALGORITHM:
+        raise _Skipped(f"not for {ALGORITHM}", notable=False)
+
+
+def _rsa_public_key(jwk: dict[str, Any]) -> RSAPublicKey:
+    """The RSA public key of ``jwk`` (members already type-checked).
+
+    Raises _Skipped when ``n`` or ``e`` is missing or not base64url, or outside the limits
+    BoringSSL sets (rsa_check_public_key): an odd modulus of 2048 (our minimum) to 16,384
+    bits and an odd exponent of at least 3 and at most 33 bits. The numbers are checked
+    here, before the key is built, because cryptography accepts an even modulus, one of any
+    size, and an exponent as large as the modulus (a 3071-bit one makes each verification
+    66 times slower).
+    """
+    if "n" not in jwk or "e" not in jwk:
+        raise _Skipped("malformed: no n or no e")
+    try:
+        n, e = from_base64url_uint(jwk["n"]), from_base64url_uint(jwk["e"])
+    except ValueError:
+        raise _Skipped("malformed: n or e is not base64url") from None
+    if not MIN_RSA_BITS <= n.bit_length() <= MAX_RSA_BITS:
+        raise _Skipped(f"modulus of {n.bit_length()} bits, not {MIN_RSA_BITS} to {MAX_RSA_BITS}")
+    if n % 2 == 0:
+        raise _Skipped("even modulus")
+    if e < 3 or e % 2 == 0 or e.bit_length() > MAX_EXPONENT_BITS:
+        raise _Skipped(f"exponent not odd, at least 3 and at most {MAX_EXPONENT_BITS} bits")
+    try:
+        return RSAPublicNumbers(e, n).public_key()
+    except ValueError as error:
+        raise _Skipped(f"not a valid RSA key: {error}") from None
+
+
+def _published_key(jwk: Any) -> PublishedKey:
+    """The verification key of one key-set entry.
+
+    Raises _Skipped when the entry is not an object, is malformed, carries private members,
+    has no ``kid``, is not an RS256 signature key or its RSA numbers are refused.
+    """
+    if not isinstance(jwk, dict):
+        raise _Skipped("malformed: not a JSON object")
+    _check_member_types(jwk)
+    if PRIVATE_MEMBERS & jwk.keys():
+        raise _Skipped("carries private members")
+    if not jwk.get("kid"):
+        raise _Skipped("malformed: no kid")
+    _check_purpose(jwk)
+    key = _rsa_public_key(jwk)
+    return PublishedKey(jwk["kid"], jwk["n"], jwk["e"], key)
+
+
+def _shown_kid(jwk: Any) -> str:
+    kid = jwk.get("kid") if isinstance(jwk, dict) else None
+    return f"kid {kid!r:.40}" if isinstance(kid, str) else "an entry without a kid"
 
 
 def parse_key_set(document: Any) -> dict[str, PublishedKey]:
     """The RS256 verification keys of a JWKS document, by ``kid``.
 
-    Raises FetchError if ``document`` is not a key set. Unusable keys are dropped (and
-    logged), as is every key whose ``kid`` appears more than once.
+    Raises FetchError if ``document`` is not a key set. Entries that cannot be used are
+    skipped, as PyJWT's ``PyJWKSet`` skips them, and every key whose ``kid`` appears more
+    than once is dropped; those that are malformed or unsafe are logged in one line.
     """
     if not isinstance(document, dict) or not isinstance(document.get("keys"), list):
         raise FetchError("the JWKS is not a JSON Web Key Set")
     keys: dict[str, PublishedKey] = {}
-    seen: set[str] = set()
+    duplicates: set[str] = set()
+    skipped: list[str] = []
     for jwk in document["keys"]:
-        if not _usable(jwk):
-            if isinstance(jwk, dict) and PRIVATE_MEMBERS & jwk.keys():
-                log.warning("JWKS: dropped a key that carries private members")
-            continue
-        kid = jwk["kid"]
-        if kid in seen:
-            log.warning("JWKS: dropped kid %.40r: it appears more than once", kid)
-            keys.pop(kid, None)
-            continue
-        seen.add(kid)
         try:
-            key = PyJWK(jwk, ALGORITHM).key
-        except (PyJWTError, ValueError, TypeError, KeyError):
-            log.warning("JWKS: dropped kid %.40r: not a valid RSA key", kid)
+            key = _published_key(jwk)
+        except _Skipped as skip:
+            if skip.notable:
+                skipped.append(f"{_shown_kid(jwk)} ({skip})")
+            else:
+                log.debug("JWKS: skipped %s: %s", _shown_kid(jwk), skip)
             continue
-        if not isinstance(key, RSAPublicKey) or key.key_size < MIN_RSA_BITS:
-            log.warning("JWKS: dropped kid %.40r: not an RSA key of 2048 bits or more", kid)
+        if key.kid in keys or key.kid in duplicates:
+            duplicates.add(key.kid)
+            skipped.append(f"{_shown_kid(jwk)} (its kid appears more than once)")
+            keys.pop(key.kid, None)
             continue
-        keys[kid] = PublishedKey(kid, jwk["n"], jwk["e"], key)
+        keys[key.kid] = key
+    if skipped:
+        # One line per fetch, however many entries an attacker-controlled key set holds.
+        more = f"; and {len(skipped) - LOGGED_SKIPS} more" if len(skipped) > LOGGED_SKIPS else ""
+        log.warning("JWKS: skipped %d key(s): %s%s", len(skipped),
+                    "; ".join(skipped[:LOGGED_SKIPS]), more)  # fmt: skip
     return keys
+
+
+# --- the client -----------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -202,8 +339,10 @@ class JwksClient:
         uri: str,
         cache_seconds: float,
         requests_per_minute: int,
+        *,
         fetch: Fetcher | None = None,
         clock: Callable[[], float] = time.monotonic,
+        rng: random.Random | None = None,
     ) -> None:
         self.uri = uri
         self.cache_seconds = cache_seconds
@@ -211,10 +350,12 @@ class JwksClient:
         self.fetches = 0
         self._fetch: Fetcher = fetch or bounded_fetch
         self._clock = clock
+        self._random = rng or random.Random()  # noqa: S311 (jitter, not a secret)
         self._lock = threading.Lock()
         self._snapshot: _Snapshot | None = None
         self._recent: deque[float] = deque(maxlen=requests_per_minute)  # last fetch times
         self._spaced_until = -math.inf
+        self._failures = 0  # failed fetches in a row
 
     def get_key(self, kid: str) -> PublishedKey | None:
         """The key for ``kid``, fetching the JWKS if needed and allowed; None if unknown.
@@ -241,6 +382,26 @@ class JwksClient:
             raise JwksUnavailable(self.retry_after())
         return snapshot.keys.get(kid)
 
+    def refresh_key(self, used: PublishedKey) -> PublishedKey | None:
+        """The key now published under ``used.kid``, after a signature failed with ``used``.
+
+        A key replaced under the same ``kid`` (``gen.py --force``) would otherwise be found
+        only when the cache expires. So this refetches as an unknown ``kid`` does: only when
+        a fetch is allowed now, and then the spacing starts, so that forged signatures cannot
+        cause more fetches than unknown ``kid``s can. Returns ``used`` itself when nothing
+        changed or no fetch was allowed or it failed; None when the ``kid`` is gone. Never
+        raises JwksUnavailable (a key was there).
+        """
+        with self._lock:
+            snapshot = self._snapshot
+            if snapshot is None:
+                return used
+            current = snapshot.keys.get(used.kid)
+            if current != used:  # another request already fetched a newer key set
+                return current
+            refreshed = self._refresh(snapshot)
+        return (refreshed or snapshot).keys.get(used.kid)
+
     def retry_after(self) -> int:
         """Whole seconds until the next fetch is allowed (at least 1)."""
         return max(1, math.ceil(self._next_fetch_at() - self._clock()))
@@ -248,6 +409,13 @@ class JwksClient:
     def _next_fetch_at(self) -> float:
         full = len(self._recent) == self._recent.maxlen
         return max(self._spaced_until, self._recent[0] + 60 if full else -math.inf)
+
+    def _retry_delay(self) -> float:
+        # Exponential backoff from FIRST_RETRY_SECONDS up to the spacing, with jitter: a JWKS
+        # server that answers again is used within about a second of a short outage, while
+        # a long one costs no more than the spacing allows.
+        backoff = FIRST_RETRY_SECONDS * 2.0 ** min(self._failures - 1, 16)
+        return min(backoff, self.spacing) * (1 - RETRY_JITTER * self._random.random())
 
     def _refresh(self, seen: _Snapshot | None) -> _Snapshot | None:
         # Called with the lock held. If another thread fetched while we waited, use its result.
@@ -260,15 +428,20 @@ class JwksClient:
             return usable
         self._recent.append(now)
         self.fetches += 1
-        unknown_kid = seen is not None and now < seen.fresh_until  # else: cold or expired
+        # A fetch asked for while ``seen`` is fresh (an unknown kid, a failed signature)
+        # starts the spacing; one the cache needed (cold, expired) does not.
+        spaced = seen is not None and now < seen.fresh_until
         try:
             document, max_age = self._fetch(self.uri)
             keys = parse_key_set(document)
         except FetchError as e:
-            log.warning("JWKS fetch failed: %s", e)
-            self._spaced_until = now + self.spacing
+            self._failures += 1
+            delay = self._retry_delay()
+            log.warning("JWKS fetch failed: %s; next try in %.1f s at the earliest", e, delay)
+            self._spaced_until = self._clock() + delay
             return usable
-        if unknown_kid:
+        self._failures = 0
+        if spaced:
             self._spaced_until = now + self.spacing
         ttl = self.cache_seconds
         if max_age is not None:

@@ -1,7 +1,10 @@
 """Step 4.b of the guide: a backend whose ``/with-auth`` needs a Bearer token.
 
 The token's ``kid`` picks the key from the JWKS (``JWKS_URI``), through ``JwksClient``; the
-token is then checked by ``verify.verify_token``, the same function verify.py uses. Errors
+token is then checked by ``verify.verify_token``, the same function verify.py uses. A token
+without a ``kid`` is refused. When the signature fails with a cached key, the JWKS client is
+asked to refetch, as for an unknown ``kid`` and within the same fetch spacing, and the token
+is verified once more if the key under its ``kid`` changed (``gen.py --force``). Errors
 follow RFC 6750: 401 without an error code when no Bearer token is sent, 400
 ``invalid_request`` for a malformed Authorization header, 401 ``invalid_token`` for a token
 that does not verify, 503 with ``Retry-After`` when no key set can be had.
@@ -22,12 +25,20 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from flask import Flask, Response, current_app, request
 
 from config import AppError, ArgumentParser, Config, load_config
 from jwks_client import JwksClient, JwksUnavailable, PublishedKey
-from verify import MAX_TOKEN_BYTES, Policy, VerificationError, parse_token, verify_token
+from verify import (
+    MAX_TOKEN_BYTES,
+    ParsedToken,
+    Policy,
+    VerificationError,
+    parse_token,
+    verify_token,
+)
 from web import ApiError, add_json_errors, run_dev_server
 
 REALM = "protected"
@@ -145,6 +156,32 @@ class Authenticator:
                 "temporarily_unavailable", [("Retry-After", str(e.retry_after))],
             ) from e  # fmt: skip
 
+    def _verified(self, parsed: ParsedToken, now: float) -> tuple[PublishedKey, dict[str, Any]]:
+        """The key that verifies ``parsed`` and the token's claims.
+
+        Raises VerificationError when the token does not verify, ApiError (503) when no key
+        set can be had.
+        """
+        if parsed.kid is None:
+            raise VerificationError("malformed", "the token has no kid")
+        key = self._key(parsed.kid)
+        if key is None:
+            raise VerificationError("unknown kid", "no key in the JWKS has this kid")
+        try:
+            return key, verify_token(parsed, key.key, self.policy, now)
+        except VerificationError as e:
+            if e.reason != "invalid signature":
+                raise
+            # Maybe the key was replaced under the same kid (gen.py --force) since it was
+            # cached: the JWKS client refetches if its spacing allows (so forged signatures
+            # cause no more fetches than unknown kids), and a changed key gets one more try.
+            fresh = self.jwks.refresh_key(key)
+            if fresh is None:
+                raise VerificationError("unknown kid", "no key in the JWKS has this kid") from e
+            if fresh == key:
+                raise
+            return fresh, verify_token(parsed, fresh.key, self.policy, now)
+
     def result(self, token: str) -> str:
         """The ``Result: {...}`` body for a valid token; raises ApiError otherwise."""
         if len(token) > MAX_TOKEN_BYTES:
@@ -157,13 +194,7 @@ class Authenticator:
                 return cached.body
             self.cache.discard(digest)
         try:
-            parsed = parse_token(token)
-            if parsed.kid is None:
-                raise VerificationError("malformed", "the token has no kid")
-            key = self._key(parsed.kid)
-            if key is None:
-                raise VerificationError("unknown kid", "no key in the JWKS has this kid")
-            claims = verify_token(parsed, key.key, self.policy, now)
+            key, claims = self._verified(parse_token(token), now)
         except VerificationError as e:
             raise invalid_token(str(e)) from e
         body = "Result: " + json.dumps(claims, separators=(",", ":"), ensure_ascii=False)

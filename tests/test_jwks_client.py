@@ -6,27 +6,30 @@ tests advance time instead of waiting; the HTTP exchanges themselves are real.
 
 from __future__ import annotations
 
-import contextlib
+import itertools
 import json
+import logging
+import os
 import random
 import string
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
-from jwt.algorithms import ECAlgorithm, RSAAlgorithm
+from jwt.algorithms import ECAlgorithm
+from jwt.utils import base64url_encode
 
 import jwks_client
 from jwks_client import (
+    FIRST_RETRY_SECONDS,
     MAX_JWKS_BYTES,
     MIN_CACHE_SECONDS,
+    RETRY_JITTER,
     STALE_IF_ERROR_SECONDS,
     FetchError,
     JwksClient,
@@ -34,158 +37,7 @@ from jwks_client import (
     parse_key_set,
 )
 from tests.conftest import free_port
-
-WAIT = 10.0  # upper bound for anything that should happen "at once"; never reached when green
-
-
-def jwk_of(key: Any, kid: Any, **extra: Any) -> dict[str, Any]:
-    """The public JWK of an RSA key (private or public) with kid, use and alg."""
-    public = key.public_key() if isinstance(key, RSAPrivateKey) else key
-    jwk: dict[str, Any] = RSAAlgorithm.to_jwk(public, as_dict=True)
-    jwk.update({"kid": kid, "use": "sig", "alg": "RS256"})
-    jwk.update(extra)
-    return {k: v for k, v in jwk.items() if v is not None}
-
-
-def key_set(*jwks: dict[str, Any]) -> bytes:
-    return json.dumps({"keys": list(jwks)}).encode()
-
-
-class FakeClock:
-    """A monotonic clock the test moves by hand."""
-
-    def __init__(self, start: float = 1000.0) -> None:
-        self.now = start
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
-
-@dataclass
-class Answer:
-    status: int = 200
-    body: bytes = b""
-    headers: dict[str, str] = field(default_factory=lambda: {"Content-Type": "application/json"})
-
-
-class _QuietHTTPServer(ThreadingHTTPServer):
-    """A threading HTTP server that does not print a client hanging up."""
-
-    daemon_threads = True
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        if not isinstance(sys.exc_info()[1], OSError):
-            super().handle_error(request, client_address)
-
-
-class JwksHttpServer:
-    """A JWKS server on 127.0.0.1 whose answers the test sets, counting what it is asked."""
-
-    def __init__(self) -> None:
-        self.answer = Answer()
-        self.requests: list[tuple[str, dict[str, str]]] = []
-        self.delay = 0.0
-        self.gate: threading.Event | None = None  # when set, each answer waits for it
-        self.drip = False  # headers, then one byte at a time, slowly
-        self.drip_headers = False  # one header line at a time, slowly, never ending
-        self.stopping = threading.Event()
-        self.on_request: Callable[[], None] = lambda: None
-        self._lock = threading.Lock()
-        handler = self._handler()
-        self.httpd = _QuietHTTPServer(("127.0.0.1", 0), handler)
-        self.thread = threading.Thread(
-            target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-        )
-        self.thread.start()
-
-    @property
-    def port(self) -> int:
-        return int(self.httpd.server_address[1])
-
-    @property
-    def uri(self) -> str:
-        return f"http://127.0.0.1:{self.port}/keys"
-
-    @property
-    def count(self) -> int:
-        with self._lock:
-            return len(self.requests)
-
-    def paths(self) -> list[str]:
-        with self._lock:
-            return [path for path, _ in self.requests]
-
-    def serve(self, body: bytes, status: int = 200, headers: dict[str, str] | None = None) -> None:
-        self.answer = Answer(status, body, {"Content-Type": "application/json", **(headers or {})})
-
-    def wait_for_requests(self, count: int) -> None:
-        deadline = time.monotonic() + WAIT
-        while self.count < count:
-            assert time.monotonic() < deadline, f"only {self.count} requests arrived"
-            time.sleep(0.005)
-
-    def stop(self) -> None:
-        self.stopping.set()
-        if self.gate is not None:
-            self.gate.set()
-        self.httpd.shutdown()
-        self.httpd.server_close()
-        self.thread.join(WAIT)
-
-    def _handler(self) -> type[BaseHTTPRequestHandler]:
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def do_GET(self) -> None:
-                with server._lock:
-                    server.requests.append((self.path, dict(self.headers.items())))
-                server.on_request()
-                answer = server.answer
-                if server.gate is not None:
-                    server.gate.wait(WAIT)
-                if server.delay:
-                    server.stopping.wait(server.delay)
-                if server.drip_headers:
-                    self._drip_headers()
-                    return
-                self.send_response(answer.status)
-                for name, value in answer.headers.items():
-                    self.send_header(name, value)
-                if server.drip:
-                    self.send_header("Content-Length", str(len(answer.body) + 100_000))
-                    self.end_headers()
-                    self._drip()
-                    return
-                self.send_header("Content-Length", str(len(answer.body)))
-                self.end_headers()
-                with contextlib.suppress(OSError):  # a client that gave up (body cap) hung up
-                    self.wfile.write(answer.body)
-
-            def _drip_headers(self) -> None:
-                with contextlib.suppress(OSError):
-                    self.wfile.write(b"HTTP/1.1 200 OK\r\n")
-                    # 0.05 s apart: http.client's 100-header limit comes only after 5 s
-                    while not server.stopping.wait(0.05):
-                        self.wfile.write(b"X-Pad: a\r\n")
-                        self.wfile.flush()
-
-            def _drip(self) -> None:
-                while not server.stopping.wait(0.02):
-                    try:
-                        self.wfile.write(b" ")
-                        self.wfile.flush()
-                    except OSError:
-                        return
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        return Handler
+from tests.jwks_fakes import WAIT, FakeClock, JwksHttpServer, jwk_of, key_set
 
 
 @pytest.fixture
@@ -689,23 +541,96 @@ def test_stale_keys_survive_a_stopped_server(
     assert client.get_key("unknown") is None
 
 
-def test_recovers_once_the_server_answers(
+def test_recovers_about_one_second_after_a_failed_fetch(
     server: JwksHttpServer, clock: FakeClock, good_jwk: dict[str, Any]
 ) -> None:
+    """Envoy's failed_refetch_duration: the first retry about 1 s after a failure, not after
+    the 12 s spacing of 5 fetches a minute."""
     server.serve(b"", status=502)
     client = make_client(server, clock, per_minute=5)
     with pytest.raises(JwksUnavailable) as raised:
         client.get_key("good")
-    assert raised.value.retry_after == 12
+    assert raised.value.retry_after == 1
     server.serve(key_set(good_jwk))
-    clock.advance(5)
-    with pytest.raises(JwksUnavailable) as again:  # not before the spacing has passed
+    clock.advance(FIRST_RETRY_SECONDS * (1 - RETRY_JITTER) - 0.01)
+    with pytest.raises(JwksUnavailable) as again:  # not before the retry delay has passed
         client.get_key("good")
-    assert again.value.retry_after == 7
+    assert again.value.retry_after == 1
     assert server.count == 1
-    clock.advance(7.01)
+    clock.advance(RETRY_JITTER * FIRST_RETRY_SECONDS + 0.01)
     assert client.get_key("good") is not None
     assert server.count == 2
+
+
+def _fetch_times_while_failing(
+    server: JwksHttpServer, clock: FakeClock, seed: int, seconds: float, step: float = 0.05
+) -> tuple[list[float], list[tuple[float, int]]]:
+    """Ask a client for a key every ``step`` s of fake time while the server fails: the
+    times of its fetches and, for each refusal, (time, Retry-After)."""
+    fetch_times: list[float] = []
+    server.on_request = lambda: fetch_times.append(clock.now)
+    server.serve(b"down", status=503)
+    client = JwksClient(server.uri, 600, 5, clock=clock, rng=random.Random(seed))  # noqa: S311
+    refusals: list[tuple[float, int]] = []
+    end = clock.now + seconds
+    while clock.now < end:
+        try:
+            client.get_key("good")
+        except JwksUnavailable as e:
+            refusals.append((clock.now, e.retry_after))
+        clock.advance(step)
+    return fetch_times, refusals
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_retries_back_off_within_the_allowance_and_retry_after_is_the_next_attempt(
+    server: JwksHttpServer, clock: FakeClock, seed: int
+) -> None:
+    step = 0.05
+    fetch_times, refusals = _fetch_times_while_failing(server, clock, seed, 600, step)
+    for first in fetch_times:  # never more than 5 in any 60 s
+        assert sum(first <= t < first + 60 for t in fetch_times) <= 5
+    gaps = [b - a for a, b in itertools.pairwise(fetch_times)]
+    # Exponential from about 1 s (with jitter: up to a quarter shorter), up to the spacing.
+    for doubling, gap in enumerate(gaps[:4]):
+        delay = min(FIRST_RETRY_SECONDS * 2**doubling, 12)
+        assert delay * (1 - RETRY_JITTER) - 1e-6 <= gap <= delay + step + 1e-6, gaps
+    assert len(fetch_times) >= 50  # 5 a minute for 10 minutes, give or take the first one
+    # Each 503's Retry-After, rounded up to whole seconds, is when the next fetch happened.
+    for at, retry_after in refusals:
+        if at >= fetch_times[-1]:
+            break  # the run ended before that next fetch
+        next_fetch = min(t for t in fetch_times if t > at)
+        assert at + retry_after - 1 < next_fetch <= at + retry_after + step + 1e-6
+
+
+def test_retry_delays_are_jittered(server: JwksHttpServer) -> None:
+    delays = set()
+    for seed in range(8):
+        clock = FakeClock()
+        fetch_times, _ = _fetch_times_while_failing(server, clock, seed, 3, step=0.001)
+        delays.add(round(fetch_times[1] - fetch_times[0], 3))
+        server.requests.clear()
+    assert len(delays) > 1
+    assert all(0.749 <= d <= 1.001 for d in delays), delays
+
+
+def test_success_after_failures_starts_the_backoff_again(
+    server: JwksHttpServer, clock: FakeClock, good_jwk: dict[str, Any]
+) -> None:
+    server.serve(b"", status=500)
+    rng = random.Random(3)  # noqa: S311 (reproducible jitter)
+    client = JwksClient(server.uri, 600, 60, clock=clock, rng=rng)  # spacing: 1 s
+    for _ in range(3):
+        with pytest.raises(JwksUnavailable):
+            client.get_key("good")
+        clock.advance(1.0)
+    server.serve(key_set(good_jwk))
+    assert client.get_key("good") is not None
+    server.serve(b"", status=500)
+    clock.advance(601)  # the cache expires; the key stays usable (stale-if-error)
+    assert client.get_key("good") is not None
+    assert client.retry_after() == 1
 
 
 def test_real_clock_refetch_with_high_rate(
@@ -722,3 +647,262 @@ def test_real_clock_refetch_with_high_rate(
         assert time.monotonic() < deadline
         time.sleep(0.01)
     assert server.count <= 2 + WAIT / 0.1
+
+
+# --- malformed entries are skipped, the rest of the set keeps working -----------------------
+
+STRING_MEMBERS = ["kty", "kid", "use", "alg", "n", "e", "x5u", "x5t", "x5t#S256", "crv", "x", "y"]
+WRONG_FOR_STRING: dict[str, Any] = {
+    "null": None, "number": 42, "float": 1.5, "list": ["RSA"], "object": {"a": "b"}, "bool": True,
+}  # fmt: skip
+WRONG_FOR_LIST: dict[str, Any] = {
+    "null": None, "number": 42, "string": "verify", "object": {"verify": True}, "bool": False,
+    "list-of-numbers": [1], "list-with-null": ["verify", None],
+}  # fmt: skip
+MALFORMED: list[tuple[str, Any]] = [
+    *((member, value) for member in STRING_MEMBERS for value in WRONG_FOR_STRING.values()),
+    *(("key_ops", value) for value in WRONG_FOR_LIST.values()),
+    ("key_ops", ["verify", "verify"]),  # RFC 7517 4.3: no duplicates
+    *(("x5c", value) for value in WRONG_FOR_LIST.values()),
+    ("x5c", []),  # RFC 7517 4.7: one or more certificates
+    *(("ext", value) for value in (None, 1, "true", [True], {"a": True})),
+]
+MALFORMED_IDS = [
+    *(f"{member}-{kind}" for member in STRING_MEMBERS for kind in WRONG_FOR_STRING),
+    *(f"key_ops-{kind}" for kind in WRONG_FOR_LIST),
+    "key_ops-duplicates",
+    *(f"x5c-{kind}" for kind in WRONG_FOR_LIST),
+    "x5c-empty",
+    *(f"ext-{kind}" for kind in ("null", "number", "string", "list", "object")),
+]
+
+
+@pytest.mark.parametrize(("member", "value"), MALFORMED, ids=MALFORMED_IDS)
+def test_entry_with_a_member_of_the_wrong_type_is_skipped(
+    private_key: RSAPrivateKey,
+    other_private_key: RSAPrivateKey,
+    caplog: pytest.LogCaptureFixture,
+    member: str,
+    value: Any,
+) -> None:
+    """Like PyJWT's PyJWKSet: the malformed entry is skipped, never an exception (a key_ops
+    of null was a TypeError: a 500 for every request that needed a fetch)."""
+    bad = jwk_of(other_private_key, "bad")
+    bad[member] = value
+    document = {"keys": [bad, jwk_of(private_key, "good")]}
+    with caplog.at_level(logging.WARNING, logger="jwks_client"):
+        keys = parse_key_set(document)
+    assert set(keys) == {"good"}
+    if member != "kid":
+        assert "'bad'" in caplog.text
+        assert member in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("member", "value"),
+    [("x5c", ["MIIB"]), ("key_ops", ["verify", "sign"]), ("ext", True), ("x5t", "abc"),
+     ("custom", None), ("revoked", {"reason": 1}), ("key_ops", ["verify"])],
+    ids=["x5c", "key_ops", "ext", "x5t", "unregistered-null", "unregistered-object",
+         "key_ops-verify"],
+)  # fmt: skip
+def test_members_of_the_right_type_and_unregistered_members_are_accepted(
+    private_key: RSAPrivateKey, member: str, value: Any
+) -> None:
+    good = jwk_of(private_key, "good")
+    good[member] = value
+    assert set(parse_key_set({"keys": [good]})) == {"good"}
+
+
+def test_malformed_entry_is_no_outage(
+    server: JwksHttpServer, private_key: RSAPrivateKey, other_private_key: RSAPrivateKey
+) -> None:
+    """Through a real fetch, an entry with key_ops null leaves the other keys working."""
+    bad = jwk_of(other_private_key, "bad", key_ops=None)
+    bad["key_ops"] = None  # jwk_of drops None members
+    server.serve(key_set(bad, jwk_of(private_key, "good")))
+    client = make_client(server)
+    assert client.get_key("good") is not None
+    assert client.get_key("bad") is None
+
+
+def test_skipped_entries_are_logged_in_one_escaped_line(
+    private_key: RSAPrivateKey, other_private_key: RSAPrivateKey, caplog: pytest.LogCaptureFixture
+) -> None:
+    many = [jwk_of(other_private_key, f"bad-{i}\x1b[31m", x5c=7) for i in range(50)]
+    with caplog.at_level(logging.WARNING, logger="jwks_client"):
+        keys = parse_key_set({"keys": [*many, jwk_of(private_key, "good")]})
+    assert set(keys) == {"good"}
+    [record] = caplog.records
+    message = record.getMessage()
+    assert "skipped 50" in message
+    assert "\x1b" not in message
+    assert "45 more" in message
+
+
+# --- RSA numbers: BoringSSL's limits ---------------------------------------------------------
+
+
+def _odd_number(bits: int) -> int:
+    rng = random.Random(bits)  # noqa: S311 (reproducible numbers, not a key)
+    return rng.getrandbits(bits) | (1 << (bits - 1)) | 1
+
+
+def _rsa_jwk(kid: str, n: int, e: int) -> dict[str, Any]:
+    def b64(number: int) -> str:
+        return base64url_encode(number.to_bytes((number.bit_length() + 7) // 8, "big")).decode()
+
+    return {"kty": "RSA", "kid": kid, "use": "sig", "alg": "RS256", "n": b64(n), "e": b64(e)}
+
+
+RSA_NUMBERS: list[tuple[str, Callable[[int], tuple[int, int]], bool]] = [
+    ("exponent-3071-bits", lambda n: (_odd_number(3072), 2**3070 + 1), False),
+    ("exponent-34-bits", lambda n: (n, 2**33 + 1), False),
+    ("exponent-33-bits", lambda n: (n, 2**32 + 1), True),
+    ("exponent-3", lambda n: (n, 3), True),
+    ("exponent-1", lambda n: (n, 1), False),
+    ("exponent-even", lambda n: (n, 65536), False),
+    ("modulus-even", lambda n: (n + 1, 65537), False),
+    ("modulus-16384-bits", lambda n: (_odd_number(16384), 65537), True),
+    ("modulus-16385-bits", lambda n: (_odd_number(16385), 65537), False),
+    ("modulus-2047-bits", lambda n: (_odd_number(2047), 65537), False),
+    ("modulus-2048-bits", lambda n: (_odd_number(2048), 65537), True),
+]
+
+
+@pytest.mark.parametrize(
+    ("name", "numbers", "accepted"), RSA_NUMBERS, ids=[r[0] for r in RSA_NUMBERS]
+)
+def test_rsa_numbers_outside_boringssl_limits_are_refused(
+    private_key: RSAPrivateKey,
+    caplog: pytest.LogCaptureFixture,
+    name: str,
+    numbers: Callable[[int], tuple[int, int]],
+    accepted: bool,
+) -> None:
+    n, e = numbers(private_key.public_key().public_numbers().n)
+    document = {"keys": [_rsa_jwk("tested", n, e), jwk_of(private_key, "good")]}
+    with caplog.at_level(logging.WARNING, logger="jwks_client"):
+        keys = parse_key_set(document)
+    assert set(keys) == ({"tested", "good"} if accepted else {"good"})
+    assert ("'tested'" in caplog.text) is not accepted
+
+
+# --- a key replaced under the same kid -------------------------------------------------------
+
+
+def test_refresh_key_finds_a_key_replaced_under_the_same_kid(
+    server: JwksHttpServer,
+    clock: FakeClock,
+    private_key: RSAPrivateKey,
+    other_private_key: RSAPrivateKey,
+) -> None:
+    server.serve(key_set(jwk_of(private_key, "k")))
+    client = make_client(server, clock)  # 5 a minute: spacing 12 s
+    old = client.get_key("k")
+    assert old is not None
+    clock.advance(1)
+    server.serve(key_set(jwk_of(other_private_key, "k")))  # gen.py --force
+    new = client.refresh_key(old)
+    assert new is not None and new != old
+    assert new.key.public_numbers() == other_private_key.public_key().public_numbers()
+    assert server.count == 2
+    assert client.get_key("k") == new
+    # The refetch started the spacing, as an unknown kid does: no fetch for 12 s.
+    server.serve(key_set(jwk_of(private_key, "k")))
+    clock.advance(11)
+    assert client.refresh_key(new) == new
+    assert server.count == 2
+    clock.advance(1.01)
+    assert client.refresh_key(new) == old
+    assert server.count == 3
+
+
+def test_refresh_key_when_the_kid_is_gone_or_the_fetch_fails(
+    server: JwksHttpServer,
+    clock: FakeClock,
+    private_key: RSAPrivateKey,
+    other_private_key: RSAPrivateKey,
+) -> None:
+    server.serve(key_set(jwk_of(private_key, "k")))
+    client = make_client(server, clock, per_minute=60)
+    old = client.get_key("k")
+    assert old is not None
+    server.serve(b"", status=500)
+    assert client.refresh_key(old) == old  # the fetch failed: the cached key stays
+    clock.advance(1)
+    server.serve(key_set(jwk_of(other_private_key, "other")))
+    assert client.refresh_key(old) is None
+    assert server.count == 3
+
+
+def test_refresh_key_uses_a_key_set_another_request_just_fetched(
+    server: JwksHttpServer,
+    clock: FakeClock,
+    private_key: RSAPrivateKey,
+    other_private_key: RSAPrivateKey,
+) -> None:
+    server.serve(key_set(jwk_of(private_key, "k")))
+    client = make_client(server, clock)
+    old = client.get_key("k")
+    assert old is not None
+    server.serve(key_set(jwk_of(other_private_key, "k")))
+    clock.advance(1)
+    new = client.refresh_key(old)
+    assert new is not None and new != old
+    assert client.refresh_key(old) == new  # a request that still held the old key
+    assert server.count == 2
+
+
+# --- credentials and proxies from the environment --------------------------------------------
+
+PROXY_VARIABLES = ("http_proxy", "https_proxy", "all_proxy", "no_proxy")
+
+
+@pytest.fixture
+def no_proxy_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in list(os.environ):
+        if name.lower() in PROXY_VARIABLES:
+            monkeypatch.delenv(name)
+
+
+@pytest.mark.usefixtures("no_proxy_env")
+def test_netrc_credentials_are_never_sent(
+    server: JwksHttpServer,
+    good_jwk: dict[str, Any],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """requests' trust_env would send ~/.netrc's login for the JWKS host as Basic auth."""
+    netrc = tmp_path / ".netrc"
+    netrc.write_text("machine 127.0.0.1 login jwks-user password netrc-secret\n")
+    netrc.chmod(0o600)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.delenv("NETRC", raising=False)
+    server.serve(key_set(good_jwk))
+    assert make_client(server).get_key("good") is not None
+    [(_, headers)] = server.requests
+    assert "Authorization" not in headers
+    assert "netrc-secret" not in json.dumps(headers)
+
+
+@pytest.mark.usefixtures("no_proxy_env")
+def test_proxy_from_the_environment_is_used(
+    server: JwksHttpServer, good_jwk: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """HTTP_PROXY is still honoured (the counting server plays the proxy)."""
+    monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{server.port}")
+    server.serve(key_set(good_jwk))
+    client = JwksClient("http://jwks.invalid/keys", 600, 5)
+    assert client.get_key("good") is not None
+    assert server.paths() == ["http://jwks.invalid/keys"]
+
+
+@pytest.mark.usefixtures("no_proxy_env")
+def test_no_proxy_from_the_environment_is_honoured(
+    server: JwksHttpServer, good_jwk: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{free_port()}")  # nothing listens
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    server.serve(key_set(good_jwk))
+    assert make_client(server).get_key("good") is not None
+    assert server.paths() == ["/keys"]

@@ -7,6 +7,13 @@ WSGI server written in Rust with HTTP keep-alive, with ``SERVER_WORKERS`` worker
 each (default: the number of cores), on the hosts and ports of config.py. It stays in the
 foreground until Ctrl-C or SIGTERM, then stops both servers and their workers.
 
+Limits (SPEC.md, "Serving limits"): HTTP/1.1 only (granian's default ``--http auto`` also
+speaks HTTP/2 without TLS, with 16 MiB header blocks, and never closes a connection that sends
+nothing); hyper's header read timeout closes a connection that sends nothing, stalls
+mid-request or idles between keep-alive requests after READ_TIMEOUT_SECONDS. The servers die
+with this process even when it is killed with SIGKILL, and stop when ``make``, our parent,
+exits on SIGINT (make waits for its children then, but does not pass the signal on).
+
 Why granian: measured on a 2-core machine with ``wrk -t1 -c16``, 2 workers, it served
 GET /with-auth 3 to 5 times and GET /keys 2.5 to 4 times what gunicorn did with sync,
 gthread or gevent workers, with a lower p99. uWSGI's own HTTP socket looked faster but
@@ -18,7 +25,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
+import importlib
 import importlib.util
+import multiprocessing
 import os
 import signal
 import socket
@@ -29,6 +39,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
+from typing import NoReturn
+from wsgiref.types import WSGIApplication
 
 from config import AppError, ArgumentParser, Config, load_config
 
@@ -37,10 +49,29 @@ READY_SECONDS = 30.0
 STOP_SECONDS = 10.0
 BLOCKING_THREADS = 1
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+# At most this long for a request's line and headers, counted from the connection's start or
+# the end of the previous response: silent, stalled and idle connections are closed then
+# (SPEC: within 30 s; nginx's client_header_timeout is 60 s, Node's keepAliveTimeout 5 s).
+READ_TIMEOUT_SECONDS = 20
+# What a connection buffers (granian's default is 408 KiB). A request head smaller than this
+# always reaches the app, which answers headers over 64 KiB with its JSON 431. hyper checks
+# the size between reads, so a larger head may get through up to about twice this; beyond,
+# granian answers 431 with an empty body (as for more than 100 header fields, hyper's fixed
+# limit; a request line over 64 KiB gets 414). Memory: about this much (at most about twice)
+# per connection still sending its head.
+HTTP1_BUFFER_BYTES = 256 * 1024
+# make's fatal signals: on these it waits for its children and exits; it passes on only SIGTERM.
+MAKE_FATAL_SIGNALS = (signal.SIGHUP, signal.SIGINT, signal.SIGQUIT, signal.SIGTERM)
+MAKE_NAMES = ("make", "gmake")
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
 class Stop(Exception):
-    """Raised in the main loop when a stop signal arrives."""
+    """Raised in the main loop when a stop signal arrives (``signum``: which one)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
 
 
 @dataclass(frozen=True)
@@ -63,16 +94,57 @@ def granian_command(target: str, host: str, port: int, workers: int) -> list[str
         sys.executable, "-m", "granian", "--interface", "wsgi", "--factory",
         "--host", host, "--port", str(port), "--workers", str(workers),
         "--blocking-threads", str(BLOCKING_THREADS), "--respawn-failed-workers",
+        "--http", "1", "--http1-header-read-timeout", str(READ_TIMEOUT_SECONDS * 1000),
+        "--http1-buffer-size", str(HTTP1_BUFFER_BYTES),
         "--no-access-log", "--log-level", "warning", target,
     ]  # fmt: skip
+
+
+def die_with_parent(parent: int) -> bool:
+    """Have Linux SIGKILL this process when its parent dies; False if ``parent`` is gone already.
+
+    The standard library has no prctl, hence ctypes. PR_SET_PDEATHSIG fires when the thread
+    that forked us exits: serve.py and granian's main process both fork from their main
+    thread. Checking the parent after the call closes the race of a parent that died before
+    it. Elsewhere than on Linux it does nothing and returns True. Raises OSError if prctl fails.
+    """
+    if not sys.platform.startswith("linux"):
+        return True
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+        errno = ctypes.get_errno()
+        raise OSError(errno, os.strerror(errno))
+    return os.getppid() == parent
+
+
+def _in_worker(factory: str) -> WSGIApplication:
+    # A granian worker is forked by granian's main process, which dies with serve.py (see
+    # start); the worker holds the listening socket, so it must die with its main process.
+    master = multiprocessing.parent_process()
+    if master is not None and master.pid is not None and not die_with_parent(master.pid):
+        os._exit(1)
+    # Imported here, not at the top: serve.py itself never loads the apps.
+    module, function = factory.split(":")
+    app: WSGIApplication = getattr(importlib.import_module(module), function)()
+    return app
+
+
+def jwks_app() -> WSGIApplication:
+    """``jwks_server.create_app()`` in a granian worker that dies with granian's main process."""
+    return _in_worker("jwks_server:create_app")
+
+
+def protected_app() -> WSGIApplication:
+    """``protected_server.create_app()`` in a granian worker that dies with its main process."""
+    return _in_worker("protected_server:create_app")
 
 
 def servers(config: Config) -> list[Server]:
     """The two servers of the guide's step 4, with the guide's banners."""
     return [
-        Server("JWKS server", "jwks_server:create_app", config.bind_host, config.jwks_port,
+        Server("JWKS server", "serve:jwks_app", config.bind_host, config.jwks_port,
                f"JWKS API is on port {config.jwks_port}"),
-        Server("protected server", "protected_server:create_app", config.bind_host,
+        Server("protected server", "serve:protected_app", config.bind_host,
                config.protected_port, f"Backend is running on port {config.protected_port}"),
     ]  # fmt: skip
 
@@ -114,11 +186,58 @@ def _environment() -> dict[str, str]:
 
 
 def start(server: Server, workers: int) -> subprocess.Popen[bytes]:
-    """Start ``server`` in its own process group (so that stopping it reaches its workers)."""
+    """Start ``server`` in its own process group (so that stopping it reaches its workers),
+    set to die with this process even if it is killed with SIGKILL."""
+    supervisor = os.getpid()
+
+    def before_exec() -> None:
+        # Safe in a preexec_fn: serve.py starts no thread.
+        if not die_with_parent(supervisor):
+            os._exit(1)
+
     return subprocess.Popen(  # noqa: S603 (our own interpreter and arguments)
         granian_command(server.target, server.host, server.port, workers),
-        env=_environment(), start_new_session=True,
+        env=_environment(), start_new_session=True, preexec_fn=before_exec,  # noqa: PLW1509
     )  # fmt: skip
+
+
+class ParentWatch:
+    """Tells when ``make``, our parent, is exiting on a signal it does not pass on to us.
+
+    On SIGINT, SIGHUP or SIGQUIT, GNU make only waits for its children, then exits; its
+    handler first resets the signal to its default action, which /proc/PID/status shows: the
+    signal leaves SigCgt (checked with GNU make 4.3). Does nothing if the parent is not make
+    or there is no /proc.
+    """
+
+    def __init__(self) -> None:
+        self.parent = os.getppid()
+        self.caught = (self._caught() or set()) if self._is_make() else set()
+
+    def _is_make(self) -> bool:
+        try:
+            return Path(f"/proc/{self.parent}/comm").read_text().strip() in MAKE_NAMES
+        except OSError:
+            return False
+
+    def _caught(self) -> set[int] | None:
+        try:
+            status = Path(f"/proc/{self.parent}/status").read_text()
+        except OSError:
+            return None
+        mask = next((int(line.split()[1], 16) for line in status.splitlines()
+                     if line.startswith("SigCgt:")), 0)  # fmt: skip
+        return {s for s in MAKE_FATAL_SIGNALS if mask >> (s - 1) & 1}
+
+    def exiting_on(self) -> int | None:
+        """The signal make is exiting on, or None while it is not."""
+        if not self.caught or os.getppid() != self.parent:
+            return None
+        caught = self._caught()
+        if caught is None:  # gone meanwhile
+            return None
+        lost = self.caught - caught
+        return min(lost) if lost else None
 
 
 def wait_ready(server: Server, process: subprocess.Popen[bytes], deadline: float) -> None:
@@ -148,23 +267,31 @@ def stop(running: Running) -> None:
 
 
 def _raise_stop(signum: int, frame: FrameType | None) -> None:
-    raise Stop(signal.Signals(signum).name)
+    raise Stop(signum)
 
 
-def supervise(running: Running) -> None:
-    """Block until a stop signal; raises AppError if a server exits on its own."""
+def supervise(running: Running, parent: ParentWatch) -> NoReturn:
+    """Block until a stop signal, or until make, our parent, exits on one (raises Stop);
+    raises AppError if a server exits on its own."""
     while True:
         for server, process in running:
             code = process.poll()
             if code is not None:
                 raise AppError(f"the {server.title} exited with code {code}: stopping")
+        signum = parent.exiting_on()
+        if signum is not None:
+            raise Stop(signum)
         time.sleep(0.5)
 
 
-def run(config: Config) -> None:
-    """Start both servers, print the guide's banners, and serve until a stop signal."""
+def run(config: Config) -> int:
+    """Start both servers, print the guide's banners, and serve until a stop signal.
+
+    Returns the signal that stopped them. Raises AppError if they cannot start or one exits.
+    """
     planned = servers(config)
     check(config, planned)
+    parent = ParentWatch()
     running: Running = []
     previous = {s: signal.signal(s, _raise_stop) for s in STOP_SIGNALS}
     try:
@@ -176,9 +303,10 @@ def run(config: Config) -> None:
             print(server.banner, flush=True)
         print(f"{config.server_workers} granian worker(s) per server; Ctrl-C stops both",
               flush=True)  # fmt: skip
-        supervise(running)
-    except Stop:
+        supervise(running, parent)
+    except Stop as e:
         print("Stopping both servers", flush=True)
+        return e.signum
     finally:
         for s in STOP_SIGNALS:  # a second Ctrl-C must not interrupt the clean-up
             signal.signal(s, signal.SIG_IGN)
@@ -202,11 +330,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run make serve; return the exit code."""
     build_parser().parse_args(argv)
     try:
-        run(load_config())
+        stopped_by = run(load_config())
     except AppError as e:
         print(f"serve: {e}", file=sys.stderr)
         return e.exit_code
-    return 0
+    except KeyboardInterrupt:  # Ctrl-C before the servers start: nothing to stop
+        return 130
+    # Ctrl-C (also make's, see ParentWatch) exits 130 as in every script; SIGTERM is a request.
+    return 130 if stopped_by == signal.SIGINT else 0
 
 
 if __name__ == "__main__":

@@ -1,82 +1,63 @@
-"""make serve: both servers under granian, honouring the environment, stopped by SIGTERM."""
+"""make serve: both servers under granian, honouring the environment, stopped by a signal or
+with their parent, within the serving limits of SPEC.md (HTTP/1.1 only, read timeouts)."""
 
 from __future__ import annotations
 
+import contextlib
+import itertools
+import json
 import os
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 import requests
 
+import serve
 from tests.conftest import ROOT, assert_clean_error, free_port, run_script, script_env
 
 pytestmark = pytest.mark.e2e
 
+# A short read timeout for the end-to-end checks of the timeouts: the real one (20 s) is
+# checked on the command line by test_granian_command_holds_the_limits.
+SHORT_TIMEOUT = 2
+WAIT_CLOSED = 10.0  # far above SHORT_TIMEOUT: only a connection never closed fails
+# Start serve.py with a shorter READ_TIMEOUT_SECONDS, as monkeypatch would in process.
+SHORT_TIMEOUT_SERVE = (
+    f"import sys, serve; serve.READ_TIMEOUT_SECONDS = {SHORT_TIMEOUT}; sys.exit(serve.main())"
+)
+# Run make with SIGINT at its default action even if pytest was started with it ignored (a
+# background job of a script): make then ignores SIGINT too, which is not what a user has.
+EXEC_WITH_SIGINT = (
+    "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
+    "os.execvp(sys.argv[1], sys.argv[1:])"
+)
 
-def _children(pid: int) -> list[int]:
-    """Every live process whose session is ``pid``'s child's (granian masters and workers)."""
-    found = []
+
+def _descendants(pid: int) -> list[int]:
+    """Every live process below ``pid`` (granian main processes and their workers)."""
+    parents: dict[int, list[int]] = {}
     for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        fields = stat.rsplit(")", 1)[1].split()
-        if int(fields[1]) == pid or int(fields[3]) == pid:  # parent, or process group
-            found.append(int(entry.name))
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            parents.setdefault(ppid, []).append(int(entry.name))
+    found, todo = [], [pid]
+    while todo:
+        children = parents.get(todo.pop(), [])
+        found += children
+        todo += children
     return found
-
-
-def test_serve_runs_the_guide_and_stops_on_sigterm(keys_dir: Path, tmp_path: Path) -> None:
-    jwks_port, protected_port = free_port(), free_port()
-    env = script_env(
-        JWT_KEYS_DIR=str(keys_dir), JWKS_PORT=str(jwks_port),
-        PROTECTED_PORT=str(protected_port), SERVER_WORKERS="1",
-    )  # fmt: skip
-    log = tmp_path / "serve.log"
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [sys.executable, str(ROOT / "serve.py")], env=env, stdout=out, stderr=out
-        )
-    try:
-        deadline = time.monotonic() + 30
-        while "Backend is running" not in log.read_text():
-            assert process.poll() is None, log.read_text()
-            assert time.monotonic() < deadline, log.read_text()
-            time.sleep(0.1)
-        text = log.read_text()
-        assert f"JWKS API is on port {jwks_port}" in text
-        assert f"Backend is running on port {protected_port}" in text
-        keys = requests.get(f"http://127.0.0.1:{jwks_port}/keys", timeout=5)
-        assert keys.status_code == 200
-        assert keys.json()["keys"][0]["kid"] == "my-key-id"
-        assert run_script("sign.py", env=env).returncode == 0
-        called = run_script("make_request.py", env=env)
-        assert called.returncode == 0, called.stderr
-        assert called.stdout.startswith('Result: {"userId":"a-b-c-d"')
-        # The servers run under granian, not werkzeug's development server.
-        assert "Werkzeug" not in keys.headers.get("Server", "")
-        descendants = _children(process.pid)
-        assert descendants
-    finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            code = process.wait(20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            raise
-    assert code == 0
-    assert "Stopping both servers" in log.read_text()
-    deadline = time.monotonic() + 10
-    while any(os.path.exists(f"/proc/{pid}") and _alive(pid) for pid in descendants):
-        assert time.monotonic() < deadline, "granian processes outlived serve.py"
-        time.sleep(0.1)
 
 
 def _alive(pid: int) -> bool:
@@ -85,6 +66,273 @@ def _alive(pid: int) -> bool:
     except OSError:
         return False
     return state != "Z"
+
+
+def _accepts(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+@dataclass
+class Serve:
+    """serve.py (or make serve) running as a subprocess, with its two ports and its log."""
+
+    process: subprocess.Popen[bytes]
+    jwks_port: int
+    protected_port: int
+    log: Path
+    seen: set[int] = field(default_factory=set)
+
+    @property
+    def ports(self) -> tuple[int, int]:
+        return self.jwks_port, self.protected_port
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def wait_ready(self) -> None:
+        """Wait for the banners and for an answer from each server (so its worker runs)."""
+        deadline = time.monotonic() + 30
+        while "Ctrl-C stops both" not in self.output():
+            assert self.process.poll() is None, self.output()
+            assert time.monotonic() < deadline, self.output()
+            time.sleep(0.05)
+        for port in self.ports:
+            requests.get(f"http://127.0.0.1:{port}/keys", timeout=5)
+        self.seen.update(_descendants(self.process.pid))
+
+    def stop(self) -> None:
+        """Stop it if it still runs, then kill (by pid) any granian process it left behind."""
+        if self.process.poll() is None:
+            self.seen.update(_descendants(self.process.pid))
+            self.process.terminate()
+            try:
+                self.process.wait(20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(5)
+        for pid in self.seen:
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+
+
+ServeFactory = Callable[..., Serve]
+
+
+@pytest.fixture
+def start_serve(keys_dir: Path, tmp_path: Path) -> Iterator[ServeFactory]:
+    """Start ``command`` (default: serve.py) on two free ports with one worker each, wait
+    until it prints its banners; everything it started is stopped at teardown."""
+    started: list[Serve] = []
+
+    def factory(*command: str) -> Serve:
+        jwks_port, protected_port = free_port(), free_port()
+        env = script_env(
+            JWT_KEYS_DIR=str(keys_dir), JWKS_PORT=str(jwks_port),
+            PROTECTED_PORT=str(protected_port), SERVER_WORKERS="1", PYTHONPATH=str(ROOT),
+        )  # fmt: skip
+        log = tmp_path / f"serve-{len(started)}.log"
+        with log.open("wb") as out:
+            process = subprocess.Popen(
+                list(command) or [sys.executable, str(ROOT / "serve.py")],
+                env=env, stdout=out, stderr=subprocess.STDOUT, cwd=tmp_path,
+            )  # fmt: skip
+        server = Serve(process, jwks_port, protected_port, log)
+        started.append(server)
+        server.wait_ready()
+        return server
+
+    yield factory
+    for server in started:
+        server.stop()
+
+
+def test_granian_command_holds_the_limits() -> None:
+    command = serve.granian_command("serve:jwks_app", "127.0.0.1", 3344, 2)
+    options = dict(itertools.pairwise(command))
+    assert options["--http"] == "1"  # no HTTP/2 without TLS ("auto" speaks h2c)
+    timeout_ms = int(options["--http1-header-read-timeout"])
+    assert timeout_ms == serve.READ_TIMEOUT_SECONDS * 1000
+    assert 0 < timeout_ms <= 30_000  # SPEC: silent, stalled and idle connections within 30 s
+    # Headers well past 64 KiB must reach the app (its JSON 431), within a bounded buffer.
+    assert 2 * 64 * 1024 <= int(options["--http1-buffer-size"]) <= 1024 * 1024
+
+
+def test_serve_runs_the_guide_and_stops_on_sigterm(
+    start_serve: ServeFactory, keys_dir: Path
+) -> None:
+    server = start_serve()
+    text = server.output()
+    assert f"JWKS API is on port {server.jwks_port}" in text
+    assert f"Backend is running on port {server.protected_port}" in text
+    keys = requests.get(f"http://127.0.0.1:{server.jwks_port}/keys", timeout=5)
+    assert keys.status_code == 200
+    assert keys.json()["keys"][0]["kid"] == "my-key-id"
+    env = script_env(
+        JWT_KEYS_DIR=str(keys_dir), JWKS_PORT=str(server.jwks_port),
+        PROTECTED_PORT=str(server.protected_port),
+    )  # fmt: skip
+    assert run_script("sign.py", env=env).returncode == 0
+    called = run_script("make_request.py", env=env)
+    assert called.returncode == 0, called.stderr
+    assert called.stdout.startswith('Result: {"userId":"a-b-c-d"')
+    # The servers run under granian, not werkzeug's development server.
+    assert "Werkzeug" not in keys.headers.get("Server", "")
+    assert server.seen
+    server.process.send_signal(signal.SIGTERM)
+    assert server.process.wait(20) == 0
+    assert server.output().endswith("Stopping both servers\n")
+    _assert_all_gone(server)
+
+
+def _assert_all_gone(server: Serve, seconds: float = 10) -> None:
+    deadline = time.monotonic() + seconds
+    while any(_alive(pid) for pid in server.seen) or any(map(_accepts, server.ports)):
+        assert time.monotonic() < deadline, "granian processes outlived serve.py"
+        time.sleep(0.05)
+
+
+def test_ctrl_c_stops_both_with_exit_130_and_one_line(start_serve: ServeFactory) -> None:
+    server = start_serve()
+    banners = server.output()
+    server.process.send_signal(signal.SIGINT)
+    assert server.process.wait(20) == 130
+    assert server.output() == banners + "Stopping both servers\n"
+    _assert_all_gone(server)
+
+
+def test_sigkill_of_serve_takes_the_servers_and_workers_down(start_serve: ServeFactory) -> None:
+    server = start_serve()
+    assert len(server.seen) == 4  # two granian main processes, one worker each
+    server.process.kill()
+    server.process.wait(5)
+    _assert_all_gone(server, seconds=5)
+    # So the next make serve can have the ports.
+    for port in server.ports:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", port))
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
+def test_sigint_to_make_alone_stops_make_serve(start_serve: ServeFactory) -> None:
+    # GNU make does not pass SIGINT on to its children (it does SIGTERM): serve.py must
+    # notice that make is exiting. -o: never reinstall the venv from a test.
+    server = start_serve(
+        sys.executable, "-c", EXEC_WITH_SIGINT, "make", "--no-print-directory", "-C", str(ROOT),
+        "-o", ".venv/.installed", "serve", f"PY={sys.executable}",
+    )  # fmt: skip
+    [serve_py] = [p for p in server.seen if Path(f"/proc/{p}/cmdline").read_bytes().endswith(
+        b"serve.py\0")]  # fmt: skip
+    server.process.send_signal(signal.SIGINT)  # to make's process only, not its group
+    assert server.process.wait(20) == -signal.SIGINT
+    text = server.output()
+    assert "Stopping both servers\n" in text
+    assert "Error 130" in text  # make's own line: serve.py exited 130
+    assert_clean_error(text)
+    assert not _alive(serve_py)
+    _assert_all_gone(server)
+
+
+def _read_until_closed(port: int, send: bytes = b"", drip: bytes = b"") -> bytes:
+    """Connect, send ``send``, then ``drip`` every 0.5 s; return what the server sent until
+    it closed the connection. Fails if it is still open after WAIT_CLOSED seconds."""
+    received = b""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):  # refused midway
+            s.sendall(send)
+        s.settimeout(0.5)
+        deadline = time.monotonic() + WAIT_CLOSED
+        while time.monotonic() < deadline:
+            try:
+                chunk = s.recv(65536)
+            except TimeoutError:
+                with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                    s.sendall(drip)
+                continue
+            except ConnectionResetError:
+                return received
+            if not chunk:
+                return received
+            received += chunk
+    pytest.fail(f"port {port}: connection still open after {WAIT_CLOSED}s: {received[:80]!r}")
+
+
+REQUEST = b"GET /keys HTTP/1.1\r\nHost: localhost\r\n\r\n"
+STALLED = {
+    "silent": (b"", b""),
+    "request line cut": (b"GET /keys HT", b""),
+    "headers cut": (b"GET /keys HTTP/1.1\r\nHost: localhost\r\n", b""),
+    "headers dripped": (b"GET /keys HTTP/1.1\r\nX-Slow: ", b"a"),
+    "idle keep-alive": (REQUEST, b""),
+}
+
+
+def test_silent_stalled_and_idle_connections_are_closed(start_serve: ServeFactory) -> None:
+    server = start_serve(sys.executable, "-c", SHORT_TIMEOUT_SERVE)
+    cases = [(port, name) for port in server.ports for name in STALLED]
+    with ThreadPoolExecutor(len(cases)) as pool:
+        results = pool.map(lambda case: _read_until_closed(case[0], *STALLED[case[1]]), cases)
+        received = dict(zip(cases, results, strict=True))
+    for (port, name), data in received.items():
+        if name == "idle keep-alive":
+            assert data.startswith(b"HTTP/1.1 "), (port, data[:80])
+            assert data.count(b"HTTP/1.1 ") == 1, (port, data[:80])
+        else:
+            assert not data or data.startswith(b"HTTP/1.1 408"), (port, name, data[:80])
+
+
+EMPTY_SETTINGS = b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"  # an HTTP/2 SETTINGS frame
+
+
+def test_no_http2_without_tls(start_serve: ServeFactory) -> None:
+    server = start_serve()
+    for port in server.ports:
+        # HTTP/2 with prior knowledge: granian's "auto" answered with a SETTINGS frame.
+        data = _read_until_closed(port, b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + EMPTY_SETTINGS)
+        assert not data or data.startswith(b"HTTP/1.1 4"), data[:80]
+        # An upgrade request is served as HTTP/1.1.
+        upgraded = _read_until_closed(
+            port, b"GET /keys HTTP/1.1\r\nHost: localhost\r\nConnection: Upgrade, HTTP2-Settings, "
+            b"close\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n",
+        )  # fmt: skip
+        assert not upgraded.startswith(b"HTTP/1.1 101"), upgraded[:80]
+        assert upgraded.startswith(b"HTTP/1.1 "), upgraded[:80]
+
+
+def _exchange(port: int, headers: bytes) -> tuple[int, bytes]:
+    """Send GET /no-such-path with ``headers``; return the status and the body."""
+    request = b"GET /no-such-path HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n"
+    answer = _read_until_closed(port, request + headers + b"\r\n")
+    head, _, body = answer.partition(b"\r\n\r\n")
+    return int(head.split(b" ", 2)[1]), body
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [b"X-Big: " + b"a" * 100_000 + b"\r\n",
+     b"".join(b"X-Part-%d: %s\r\n" % (i, b"a" * 2000) for i in range(50))],
+    ids=["one 100 KB header", "50 headers of 2 KB"],
+)  # fmt: skip
+def test_headers_past_64_kib_reach_the_app(start_serve: ServeFactory, headers: bytes) -> None:
+    server = start_serve()
+    for port in server.ports:
+        # The app answers: 404 for this path, or its JSON 431 for headers over 64 KiB.
+        status, body = _exchange(port, headers)
+        assert status in (404, 431)
+        assert json.loads(body)["error"]
+
+
+def test_headers_far_past_the_buffer_are_refused_by_granian(start_serve: ServeFactory) -> None:
+    # hyper checks the buffer only between reads, so how far past it a head can get depends
+    # on how the bytes arrive (here up to about 400 KB with 256 KiB); four times is always out.
+    server = start_serve()
+    for port in server.ports:
+        status, _ = _exchange(port, b"X-Big: " + b"a" * 4 * serve.HTTP1_BUFFER_BYTES + b"\r\n")
+        assert status == 431
+        assert requests.get(f"http://127.0.0.1:{port}/keys", timeout=5).status_code in (200, 404)
 
 
 def test_serve_bad_setting_is_one_line(keys_dir: Path) -> None:

@@ -208,14 +208,24 @@ def assert_clean_error(text: str) -> None:
 
 
 def open_fifo_writer(fifo: Path, process: subprocess.Popen[str]) -> int:
-    """Open ``fifo`` for writing once ``process`` has opened it for reading."""
+    """Open ``fifo`` for writing once ``process`` has opened it for reading, and return once
+    the process is blocked reading it.
+
+    Waiting for the read itself matters: a SIGINT that lands between the script's open()
+    and its read() is handled before the read starts, which then blocks for good (a race of
+    CPython's signal handling, microseconds wide for a user, often hit by a test).
+    """
     deadline = time.monotonic() + 20
+    writer = None
     while time.monotonic() < deadline:
         assert process.poll() is None, process.communicate()
-        try:
-            return os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
-        except OSError as e:
-            if e.errno != errno.ENXIO:  # ENXIO: no reader yet
-                raise
-        time.sleep(0.01)  # polling the FIFO: the script has no other readiness signal
-    raise AssertionError("the script never opened the FIFO")
+        if writer is None:
+            try:
+                writer = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+            except OSError as e:
+                if e.errno != errno.ENXIO:  # ENXIO: no reader yet
+                    raise
+        elif "pipe_read" in Path(f"/proc/{process.pid}/wchan").read_text():
+            return writer
+        time.sleep(0.01)  # polling: the script has no other readiness signal
+    raise AssertionError("the script never blocked reading the FIFO")

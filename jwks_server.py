@@ -27,7 +27,7 @@ from werkzeug.http import HTTP_STATUS_CODES, parse_etags
 from config import PUBLIC_KEY_FILE, AppError, ArgumentParser, Config, UsageError, load_config
 from keystore import KEYRING_FILE, apply_changes, public_key_from_pem, read_keyring
 from verify import ALGORITHM
-from web import add_json_errors, run_dev_server
+from web import add_json_errors, apply_serving_limits, run_dev_server
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
@@ -156,6 +156,7 @@ def create_app(config: Config | None = None) -> Flask:
         return Response(body, status, headers)
 
     app.wsgi_app = KeySetMiddleware(app.wsgi_app, cache, cache_control)  # type: ignore[method-assign]
+    apply_serving_limits(app)
     return app
 
 

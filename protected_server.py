@@ -39,7 +39,7 @@ from verify import (
     parse_token,
     verify_token,
 )
-from web import ApiError, add_json_errors, run_dev_server
+from web import EXIT_INTERRUPTED, ApiError, add_json_errors, apply_serving_limits, run_dev_server
 
 REALM = "protected"
 
@@ -222,6 +222,7 @@ def create_app(config: Config | None = None, jwks: JwksClient | None = None) -> 
         body = current_app.extensions["authenticator"].result(token)
         return Response(body, mimetype="text/plain")
 
+    apply_serving_limits(app)
     return app
 
 
@@ -247,6 +248,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except AppError as e:
         print(f"protected_server: {e}", file=sys.stderr)
         return e.exit_code
+    except KeyboardInterrupt:  # Ctrl-C while starting; run_dev_server handles it once serving
+        return EXIT_INTERRUPTED
     return 0
 
 

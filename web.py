@@ -1,30 +1,85 @@
-"""What both servers share: JSON errors in one place, and the development server.
+"""What both servers share: JSON errors, the serving limits, and the development server.
 
 Errors are rendered by one ``errorhandler(HTTPException)``: every error, 404 and 405
 included, is ``{"error": ..., "error_description": ...}`` with the headers the exception
 carries (``WWW-Authenticate``, ``Retry-After``). An unexpected exception is not caught here:
 Flask answers a bare 500 (never a stack trace) and logs it.
+
+The serving limits of SPEC.md are held at two levels. ``apply_serving_limits`` (installed
+by both ``create_app``, so it holds under every WSGI server) answers 431 to request headers
+over 64 KiB in all and never lets routing build a redirect from the ``Host`` header. The
+development server (``run_dev_server``) adds what only an HTTP server can do: a deadline
+for reading each request, JSON answers and one escaped log line for malformed requests,
+and a bound on connections below the descriptor limit.
 """
 
 from __future__ import annotations
 
+import errno
+import http.client
+import io
+import json as stdlib_json
 import logging
+import re
+import resource
+import signal
 import socket
+import threading
+import time
 from collections.abc import Iterable
-from typing import Any
+from http import HTTPStatus
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
-from flask import Flask, Response, json
-from werkzeug.exceptions import HTTPException
+from flask import Flask, Response, json, request
+from werkzeug.exceptions import HTTPException, NotFound
+from werkzeug.routing import RequestRedirect
 from werkzeug.serving import (
+    ThreadedWSGIServer,
     WSGIRequestHandler,
     get_sockaddr,
-    make_server,
     select_address_family,
 )
 
-from config import AppError
+from config import AppError, UsageError
+
+if TYPE_CHECKING:
+    from _typeshed import WriteableBuffer
+    from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
 
 MAX_DESCRIPTION = 200
+MAX_HEADER_BYTES = 64 * 1024  # SPEC "Serving limits": request headers over 64 KiB in all: 431
+# A connection has this long to send its request (line, headers and body) and this long
+# again for each write of the answer; a silent or stalled one is closed when it runs out.
+REQUEST_TIMEOUT = 30.0
+MAX_REQUEST_LINE = 65536  # http.server's own limit: a longer request line gets a 414
+# Raw header lines carry ": " and CRLF beyond the names and values the WSGI limit counts:
+# this much more is read before the development server refuses the head itself.
+HEAD_SLACK = 8 * 1024
+MAX_CONNECTIONS = 512
+MAX_LOGGED = 200  # characters of a request line or error in one log line
+LINGER_SECONDS = 1.0
+LINGER_BYTES = 4 * 1024 * 1024
+MAX_ACCEPT_DELAY = 1.0
+SLOT_WAIT = 0.5
+EXIT_INTERRUPTED = 128 + signal.SIGINT  # what a shell reports for a command ended by Ctrl-C
+BIND_HOST_VARIABLE = "JWT_BIND_HOST"
+
+# Everything outside printable ASCII, the backslash and the double quote (which delimits
+# the request line in the log) is written as \xNN: a request line cannot move the cursor,
+# recolour the terminal or forge a second log line.
+_ESCAPES = {c: f"\\x{c:02x}" for c in (*range(0x20), 0x22, 0x5C, *range(0x7F, 0x100))}
+_ESCAPE_TABLE = str.maketrans(_ESCAPES)
+_PROTOCOL_ERRORS = {
+    400: "malformed request line: expected METHOD TARGET HTTP/1.1",
+    414: f"request line longer than {MAX_REQUEST_LINE} bytes",
+    431: f"request headers over {MAX_HEADER_BYTES} bytes in all, or over 100 header fields",
+}
+# As granian (hyper) does: any other version, or a control character, is a 400.
+_HTTP1 = re.compile(r"HTTP/1\.[0-9]")
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+_OUT_OF_DESCRIPTORS = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
+_PORT_ERRORS = {errno.EADDRINUSE, errno.EACCES}
 
 
 def error_code(status: int) -> str:
@@ -73,31 +128,256 @@ def add_json_errors(app: Flask) -> None:
     app.register_error_handler(HTTPException, render_error)
 
 
-class QuietRequestHandler(WSGIRequestHandler):
-    """Request log lines without the query string, where a careless client may put a token;
-    errors of the HTTP layer itself (a header line over 64 KiB: 431) in the same JSON shape."""
+def loggable(text: str, limit: int = MAX_LOGGED) -> str:
+    """``text`` cut to ``limit`` characters, with everything but printable ASCII escaped."""
+    escaped = text[:limit].translate(_ESCAPE_TABLE)
+    escaped = escaped.encode("ascii", "backslashreplace").decode("ascii")
+    return escaped + ("..." if len(text) > limit else "")
 
-    error_content_type = "application/json"
-    error_message_format = '{"error": "invalid_request", "error_description": "%(message)s"}'
+
+def header_bytes(environ: WSGIEnvironment) -> int:
+    """The size of the request headers: their names and values, as the WSGI server passed them."""
+    total = 0
+    for key, value in environ.items():
+        if key.startswith("HTTP_"):
+            total += len(key) - 5 + len(value)
+        elif key in ("CONTENT_TYPE", "CONTENT_LENGTH"):
+            total += len(key) + len(value)
+    return total
+
+
+class HeaderLimit:
+    """WSGI middleware: 431 with a JSON body when the request headers exceed ``limit`` bytes in
+    all. HTTP servers bound each header line (and granian the whole head); this holds the
+    README's 64 KiB whatever server runs the app, before any view or the key set answer."""
+
+    def __init__(self, app: WSGIApplication, limit: int = MAX_HEADER_BYTES) -> None:
+        self.app = app
+        self.limit = limit
+
+    def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        """The WSGI entry point."""
+        if header_bytes(environ) <= self.limit:
+            return self.app(environ, start_response)
+        too_large = ApiError(431, f"request headers over {self.limit} bytes in all")
+        return render_error(too_large)(environ, start_response)
+
+
+def _refuse_redirects() -> None:
+    """Before each request: a routing redirect (merged slashes, a missing trailing slash)
+    would put the request's ``Host`` header in ``Location``; answer 404 instead."""
+    if isinstance(request.routing_exception, RequestRedirect):
+        raise NotFound()
+
+
+def apply_serving_limits(app: Flask) -> None:
+    """Hold the serving limits of SPEC.md in ``app``, whatever server runs it.
+
+    Call it last in ``create_app``: the header limit wraps every middleware installed
+    before it. Routing never redirects (werkzeug's merged slashes and trailing slashes build
+    ``Location`` from the ``Host`` header): such requests get a JSON 404.
+    """
+    app.url_map.merge_slashes = False
+    app.url_map.strict_slashes = False
+    app.url_map.redirect_defaults = False
+    app.before_request(_refuse_redirects)
+    app.wsgi_app = HeaderLimit(app.wsgi_app)  # type: ignore[method-assign]
+
+
+class _RequestReader(io.RawIOBase):
+    """Reads a connection's socket until a deadline, then raises TimeoutError.
+
+    A timeout per read alone lets a client that sends a byte every few seconds hold a
+    thread forever; the deadline bounds the whole request.
+    """
+
+    def __init__(self, sock: socket.socket, deadline: float, timeout: float) -> None:
+        self.sock = sock
+        self.deadline = deadline
+        self.timeout = timeout
+
+    def readable(self) -> bool:
+        """Always: this is the read side of the connection."""
+        return True
+
+    def readinto(self, buffer: WriteableBuffer) -> int:
+        """Read what has arrived into ``buffer``; raises TimeoutError past the deadline."""
+        remaining = self.deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError("the request took too long")
+        self.sock.settimeout(remaining)
+        try:
+            return self.sock.recv_into(buffer)
+        finally:
+            self.sock.settimeout(self.timeout)
+
+
+class _HeadReader(io.BufferedReader):
+    """The buffered request stream; while ``head_left`` is set, lines beyond it raise
+    LineTooLong, which http.server answers with a 431 (it bounds each line, not the sum)."""
+
+    head_left: int | None = None
+
+    def readline(self, size: int | None = -1) -> bytes:
+        """One line, counted against the head's budget while the head is read."""
+        line = super().readline(size)
+        if self.head_left is not None:
+            self.head_left -= len(line)
+            if self.head_left < 0:
+                raise http.client.LineTooLong("request headers")
+        return line
+
+
+class QuietRequestHandler(WSGIRequestHandler):
+    """werkzeug's handler with the serving limits: a deadline for each request, a bounded
+    head, malformed requests answered in JSON, and one escaped log line per request, without
+    the query string (where a careless client may put a token) and never a traceback."""
+
+    def setup(self) -> None:
+        """Set the write timeout and the request deadline (read from the module at each
+        connection, so that tests can shorten them)."""
+        super().setup()
+        self.connection.settimeout(REQUEST_TIMEOUT)
+        self.rfile.close()  # the stream super() made; ours reads the same socket
+        deadline = time.monotonic() + REQUEST_TIMEOUT
+        self.reader = _HeadReader(_RequestReader(self.connection, deadline, REQUEST_TIMEOUT))
+        self.rfile = self.reader
+
+    def parse_request(self) -> bool:
+        """Refuse what http.server or werkzeug would mishandle, then parse the head with
+        its size bounded; False when an error was answered."""
+        line = str(self.raw_requestline, "iso-8859-1").rstrip("\r\n")
+        words = line.split()
+        # Two words is HTTP/0.9 (an answer without status or headers), none an empty line:
+        # both are malformed for HTTP/1.x. An unparsable target would fail in make_environ.
+        if (
+            len(words) != 3
+            or _CONTROL.search(line)
+            or not _HTTP1.fullmatch(words[2])
+            or not _parsable_target(words[1])
+        ):
+            self.send_error(HTTPStatus.BAD_REQUEST)
+            return False
+        self.reader.head_left = MAX_HEADER_BYTES + HEAD_SLACK
+        try:
+            return super().parse_request()
+        finally:
+            self.reader.head_left = None
+
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        """Answer a request that never reached the app with the JSON error shape; log it as
+        one escaped line. ``message`` and ``explain`` (which quote the request) are not sent."""
+        description = _PROTOCOL_ERRORS.get(code) or HTTPStatus(code).phrase
+        body = stdlib_json.dumps({"error": error_code(code), "error_description": description})
+        self._log_request_line(code)
+        if getattr(self, "request_version", "HTTP/0.9") == "HTTP/0.9":
+            # http.server sends no status line to HTTP/0.9, which is not served here.
+            self.request_version = "HTTP/1.0"
+        self.send_response_only(code)
+        self.send_header("Server", self.version_string())
+        self.send_header("Date", self.date_time_string())
+        self.send_header("Connection", "close")
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if getattr(self, "command", None) != "HEAD":
+            self.wfile.write(body.encode())
+        self._discard_input()
+
+    def _discard_input(self) -> None:
+        # Closing a socket with unread input resets the connection, and the client may then
+        # lose the answer: read what it still sends, for a moment, after saying we are done.
+        try:
+            self.connection.shutdown(socket.SHUT_WR)
+            received = 0
+            deadline = time.monotonic() + LINGER_SECONDS
+            while received < LINGER_BYTES and (left := deadline - time.monotonic()) > 0:
+                self.connection.settimeout(left)
+                chunk = self.connection.recv(65536)
+                if not chunk:
+                    break
+                received += len(chunk)
+        except OSError:
+            pass
+
+    def _log_request_line(self, code: int) -> None:
+        line = str(getattr(self, "raw_requestline", b""), "iso-8859-1").rstrip("\r\n")
+        self.log("info", '"%s" %s -', loggable(line.split("?", 1)[0]), int(code))
 
     def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
         """Log method, path and status; never the query string or a header."""
-        path = self.path.split("?", 1)[0][:200]
-        self.log("info", '"%s %s" %s %s', self.command, path, code, size)
+        command = getattr(self, "command", None) or ""
+        path = (getattr(self, "path", None) or "").split("?", 1)[0]
+        status = int(code) if isinstance(code, int) else code
+        self.log("info", '"%s %s" %s %s', loggable(command), loggable(path), status, size)
 
     def log_error(self, format: str, *args: Any) -> None:
-        """Log protocol errors (too long lines...) without echoing the request line."""
-        self.log("error", "%s", (format % args)[:120])
+        """Log protocol errors (a request that timed out...) as one escaped line."""
+        self.log("error", "%s", loggable(format % args))
 
 
-def run_dev_server(app: Flask, host: str, port: int, port_variable: str, banner: str) -> None:
-    """Serve ``app`` with werkzeug's threaded development server, as the guide's Express does.
+def _parsable_target(target: str) -> bool:
+    try:
+        urlsplit(target)
+    except ValueError:  # "http://[": werkzeug's make_environ would raise outside its handler
+        return False
+    return True
 
-    The banner is printed once the port is open (like Express's ``listen`` callback), so a
-    script that waits for it can connect at once. Raises AppError if the port cannot be had.
-    """
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    # Bound here, not by make_server: werkzeug prints two lines and exits on a taken port.
+
+class DevServer(ThreadedWSGIServer):
+    """werkzeug's threaded server, with at most ``max_connections`` connections at a time
+    (one thread and one descriptor each) and no busy loop when descriptors run out."""
+
+    def __init__(
+        self, host: str, port: int, app: WSGIApplication, fd: int, max_connections: int
+    ) -> None:
+        super().__init__(host, port, app, QuietRequestHandler, fd=fd)
+        self.slots = threading.BoundedSemaphore(max_connections)
+        self.accept_delay = 0.0
+
+    def get_request(self) -> tuple[socket.socket, Any]:
+        """Accept a connection once a slot is free; raises OSError to skip a turn (the
+        connection waits in the listen backlog) when none is, or accept fails."""
+        if not self.slots.acquire(timeout=SLOT_WAIT):
+            raise OSError(errno.EAGAIN, "every connection slot is taken")
+        try:
+            accepted = super().get_request()
+        except OSError as e:
+            self.slots.release()
+            if e.errno in _OUT_OF_DESCRIPTORS:
+                self._back_off(e)
+            raise
+        self.accept_delay = 0.0
+        return accepted
+
+    def _back_off(self, error: OSError) -> None:
+        # The listening socket stays readable while accept fails: without a pause the loop
+        # would spin at 100% CPU until a descriptor frees up.
+        if not self.accept_delay:
+            self.log("error", "cannot accept connections: %s; retrying", error.strerror)
+        self.accept_delay = min(max(2 * self.accept_delay, 0.005), MAX_ACCEPT_DELAY)
+        time.sleep(self.accept_delay)
+
+    def shutdown_request(self, request: Any) -> None:
+        """Close a connection and free its slot (called once per accepted connection)."""
+        try:
+            super().shutdown_request(request)
+        finally:
+            self.slots.release()
+
+
+def connection_limit() -> int:
+    """How many connections the development server holds at a time: at most
+    MAX_CONNECTIONS, and half the descriptors this process may open, so that the app can
+    still open its key files and JWKS connections when every slot is taken."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return MAX_CONNECTIONS
+    return max(1, min(MAX_CONNECTIONS, soft // 2))
+
+
+def _listen(host: str, port: int, port_variable: str) -> socket.socket:
+    """A socket listening on host:port; raises AppError (the port) or UsageError (the host)."""
     family = select_address_family(host, port)
     listener = socket.socket(family, socket.SOCK_STREAM)
     try:
@@ -106,18 +386,47 @@ def run_dev_server(app: Flask, host: str, port: int, port_variable: str, banner:
         listener.listen(128)
     except OSError as e:
         listener.close()
-        raise AppError(
-            f"cannot listen on {host}:{port}: {e.strerror}: stop what runs there "
-            f"or set {port_variable}"
+        where = f"cannot listen on {host}:{port}: {e.strerror}"
+        if e.errno in _PORT_ERRORS:
+            raise AppError(f"{where}: stop what runs there or set {port_variable}") from None
+        raise UsageError(
+            f"{where}: set {BIND_HOST_VARIABLE} to an address of this machine "
+            "(127.0.0.1, the default, or 0.0.0.0 for every address)"
         ) from None
-    server = make_server(
-        host, port, app, threaded=True, request_handler=QuietRequestHandler,
-        fd=listener.fileno(),
-    )  # fmt: skip
-    print(banner, flush=True)
+    return listener
+
+
+def make_dev_server(app: WSGIApplication, host: str, port: int, port_variable: str) -> DevServer:
+    """The development server for ``app``, listening on host:port (port 0: any free port).
+
+    Raises AppError naming ``port_variable`` if the port cannot be had, UsageError naming
+    JWT_BIND_HOST if the host is not an address of this machine.
+    """
+    # Bound here, not by werkzeug: it prints two lines and exits on a taken port.
+    listener = _listen(host, port, port_variable)
     try:
-        server.serve_forever()
+        return DevServer(host, port, app, listener.fileno(), connection_limit())
+    finally:
+        listener.close()  # the server holds its own duplicate of the descriptor
+
+
+def run_dev_server(app: Flask, host: str, port: int, port_variable: str, banner: str) -> None:
+    """Serve ``app`` with werkzeug's threaded development server, as the guide's Express does.
+
+    The banner is printed once the port is open (like Express's ``listen`` callback), so a
+    script that waits for it can connect at once. Raises AppError or UsageError if the
+    address cannot be had (see ``make_dev_server``). Ctrl-C stops it quietly: raises
+    ``SystemExit(130)``, the code a shell gives a command ended by Ctrl-C.
+    """
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    server: DevServer | None = None
+    try:
+        server = make_dev_server(app, host, port, port_variable)
+        print(banner, flush=True)
+        server.serve_forever()  # werkzeug's returns on Ctrl-C
     except KeyboardInterrupt:
         pass
     finally:
-        server.server_close()
+        if server is not None:
+            server.server_close()
+    raise SystemExit(EXIT_INTERRUPTED)

@@ -7,6 +7,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -204,3 +205,19 @@ def assert_clean_error(text: str) -> None:
     assert "Traceback" not in text
     for marker in SECRET_MARKERS:
         assert marker not in text
+
+
+@pytest.fixture
+def tmpfs_path(tmp_path: Path) -> Iterator[Path]:
+    """A temporary folder in memory (/dev/shm) when there is one, else ``tmp_path``: tests
+    that apply a change hundreds of times (killing it at each step) then do not wait for the
+    disk at every fsync (the calls are made and counted all the same)."""
+    shm = Path("/dev/shm")  # noqa: S108 (mkdtemp makes a private folder in it)
+    if not (shm.is_dir() and os.access(shm, os.W_OK)):
+        yield tmp_path
+        return
+    path = Path(tempfile.mkdtemp(dir=shm, prefix="jwt-guide-test-"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)

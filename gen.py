@@ -53,7 +53,7 @@ PUBLIC_EXPONENT = 65537
 
 
 def _generate(bits: int) -> RSAPrivateKey:
-    """A new RSA key. OpenSSL takes seconds for 4096 bits and does not return to Python
+    """A new RSA key. OpenSSL can take seconds (4096 bits and more) and does not return to Python
     meanwhile, so it runs in a worker thread: Ctrl-C then stops gen.py at once."""
     result: list[RSAPrivateKey | Exception] = []
 

@@ -313,8 +313,13 @@ def apply_locked(keys_dir: Path, changes: Sequence[Change]) -> None:
     only thread); one that came is delivered after the change has been undone, so an
     interrupted command leaves the folder as it was. A failure (OSError) or an exception
     raised meanwhile undoes the change too, then propagates. A crash (SIGKILL, power loss)
-    leaves a journal that ``recover`` undoes.
+    leaves a journal that ``recover`` undoes. Raises AppError, changing nothing, for a change
+    of several files while there is such a journal.
     """
+    if len(changes) > 1 and (keys_dir / JOURNAL_FILE).exists():  # its backups would be lost
+        raise AppError(
+            f"a change to {keys_dir} was interrupted and is not undone yet: run gen.py --list"
+        )
     with _interrupts_deferred() as interrupted:
         if len(changes) == 1:
             _apply_one(keys_dir, *changes[0], interrupted)

@@ -321,6 +321,17 @@ def test_journal_not_written_by_gen_is_refused(journal: bytes, tmp_path: Path) -
     assert snapshot(tmp_path)["a"][0] == b"a0"
 
 
+def test_no_change_while_an_interrupted_one_is_not_undone(plain_folder: Path) -> None:
+    (plain_folder / JOURNAL_FILE).write_text('{"steps": []}')
+    with pytest.raises(AppError, match=r"run gen\.py --list"), locked(plain_folder):
+        apply_locked(plain_folder, CHANGES)
+    apply_changes(plain_folder, {"token.txt": b"t"})  # sign.py still writes its token
+    with locked(plain_folder):
+        assert recover(plain_folder) is True
+        apply_locked(plain_folder, CHANGES)
+    assert contents(plain_folder) == {**AFTER, "token.txt": b"t"}
+
+
 # --- readers ---------------------------------------------------------------------------------
 
 

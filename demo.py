@@ -2,11 +2,18 @@
 
 Generates keys (only if none exist), signs, verifies, starts the JWKS server and the
 protected server on their ports, calls the protected endpoint, and stops both servers,
-even when a step fails. Every step is the real script, run as a user would run it.
+even when a step fails or the demo is interrupted. Every step is the real script, run as a
+user would run it.
+
+Ctrl-C reaches the terminal's whole process group. The scripts run in their own session, so
+that it reaches the demo alone: the demo then stops the step and the servers it started
+(SIGTERM, then SIGKILL after 5 s) and ends with one line and exit 130. SIGTERM and SIGHUP
+stop it the same way.
 """
 
 from __future__ import annotations
 
+import signal
 import socket
 import subprocess
 import sys
@@ -14,22 +21,60 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
+from types import FrameType
 
 from config import AppError, ArgumentParser, Config, load_config
 
 HERE = Path(__file__).resolve().parent
 READY_SECONDS = 20
+STOP_SECONDS = 5
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
 
 
 class StepFailed(AppError):
     """A step of the guide exited with an error."""
 
 
-def _step(title: str, script: str, *args: str) -> None:
-    print(f"\n== {title}: python {script} {' '.join(args)}".rstrip(), flush=True)
-    result = subprocess.run([sys.executable, str(HERE / script), *args], check=False)  # noqa: S603
-    if result.returncode != 0:
-        raise StepFailed(f"{script} failed with exit code {result.returncode}")
+class Stopped(Exception):
+    """The demo received SIGTERM or SIGHUP."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _start(script: str) -> subprocess.Popen[bytes]:
+    # A session of its own: Ctrl-C in the terminal reaches the demo, which stops the script.
+    return subprocess.Popen([sys.executable, str(HERE / script)], start_new_session=True)  # noqa: S603
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    """Terminate ``process`` and wait for it; kill it if it lingers or Ctrl-C comes again."""
+    if process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(STOP_SECONDS)
+    except (subprocess.TimeoutExpired, KeyboardInterrupt, Stopped):
+        process.kill()
+        process.wait()
+
+
+@contextmanager
+def _running(script: str) -> Iterator[subprocess.Popen[bytes]]:
+    process = _start(script)
+    try:
+        yield process
+    finally:
+        _stop(process)
+
+
+def _step(title: str, script: str) -> None:
+    print(f"\n== {title}: python {script}", flush=True)
+    with _running(script) as process:
+        code = process.wait()
+    if code != 0:
+        raise StepFailed(f"{script} failed with exit code {code}")
 
 
 def _port_is_free(host: str, port: int) -> bool:
@@ -46,8 +91,7 @@ def _server(title: str, script: str, host: str, port: int) -> Iterator[None]:
     print(f"\n== {title}: python {script} (in the background)", flush=True)
     if not _port_is_free(host, port):
         raise StepFailed(f"port {port} on {host} is in use: stop what runs there, or set the port")
-    process = subprocess.Popen([sys.executable, str(HERE / script)])  # noqa: S603
-    try:
+    with _running(script) as process:
         deadline = time.monotonic() + READY_SECONDS
         while True:
             if process.poll() is not None:
@@ -60,13 +104,6 @@ def _server(title: str, script: str, host: str, port: int) -> Iterator[None]:
                     raise StepFailed(f"{script} did not answer on port {port}") from None
                 time.sleep(0.1)
         yield
-    finally:
-        process.terminate()
-        try:
-            process.wait(5)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 def run(config: Config) -> None:
@@ -90,6 +127,10 @@ def run(config: Config) -> None:
     print("\nThe guide ran end to end; both servers are stopped.")
 
 
+def _raise_stopped(signum: int, frame: FrameType | None) -> None:
+    raise Stopped(signum)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the demo; return the exit code."""
     ArgumentParser(
@@ -97,11 +138,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         description="Run the whole guide end to end (make demo), honouring the environment "
         "variables of config.py, and stop the servers it started.",
     ).parse_args(argv)
+    previous = {signum: signal.signal(signum, _raise_stopped) for signum in STOP_SIGNALS}
     try:
         run(load_config())
     except AppError as e:
         print(f"demo: {e}", file=sys.stderr)
         return e.exit_code
+    except KeyboardInterrupt:
+        print("demo: interrupted; everything it started is stopped", file=sys.stderr)
+        return 130
+    except Stopped as e:
+        print(f"demo: stopped by {e}; everything it started is stopped", file=sys.stderr)
+        return 128 + e.signum
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
     return 0
 
 

@@ -179,9 +179,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         config = load_config()
+        # Built once before serving: with no key to publish (UsageError, exit 2) or a broken
+        # one, the server refuses to start rather than answer nothing but 500s.
+        body, _ = JwksCache(config.keys_dir, config.kid).get()
         if args.export:
-            body, _ = JwksCache(config.keys_dir, config.kid).get()
-            path = Path(args.export)
+            path = Path(args.export).absolute()
             apply_changes(path.parent, {path.name: body})
             print(f"JWKS written to {path}")
             return 0
@@ -195,6 +197,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as e:
         print(f"jwks_server: cannot write {e.filename}: {e.strerror}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # Ctrl-C before serving; once serving, it stops the server
+        print("jwks_server: interrupted", file=sys.stderr)
+        return 130
     return 0
 
 

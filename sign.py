@@ -16,7 +16,7 @@ from typing import Any
 import jwt
 
 from config import AppError, ArgumentParser, Config, UsageError, load_config, parse_duration
-from keystore import apply_changes, load_private_key, read_keyring, thumbprint
+from keystore import apply_changes, load_signing_key
 from verify import (
     ALGORITHM,
     DEFAULT_MAX_AGE,
@@ -67,10 +67,8 @@ def sign_token(config: Config, claims: dict[str, Any]) -> str:
 
     Raises UsageError if there is no private key, AppError if it cannot be decrypted.
     """
-    key = load_private_key(config.private_key_path, config.passphrase)
-    ring = read_keyring(config.keys_dir, config.kid)
     # The kid is the one recorded for this very key, found by its thumbprint.
-    kid = ring.kid_for(thumbprint(key.public_key())) or config.kid
+    key, kid = load_signing_key(config.keys_dir, config.passphrase, config.kid)
     return jwt.encode(claims, key, algorithm=ALGORITHM, headers={"kid": kid, "typ": "JWT"})
 
 

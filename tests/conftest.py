@@ -8,6 +8,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -229,3 +230,19 @@ def open_fifo_writer(fifo: Path, process: subprocess.Popen[str]) -> int:
             return writer
         time.sleep(0.01)  # polling: the script has no other readiness signal
     raise AssertionError("the script never blocked reading the FIFO")
+
+
+@pytest.fixture
+def tmpfs_path(tmp_path: Path) -> Iterator[Path]:
+    """A temporary folder in memory (/dev/shm) when there is one, else ``tmp_path``: tests
+    that apply a change hundreds of times (killing it at each step) then do not wait for the
+    disk at every fsync (the calls are made and counted all the same)."""
+    shm = Path("/dev/shm")  # noqa: S108 (mkdtemp makes a private folder in it)
+    if not (shm.is_dir() and os.access(shm, os.W_OK)):
+        yield tmp_path
+        return
+    path = Path(tempfile.mkdtemp(dir=shm, prefix="jwt-guide-test-"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)

@@ -5,8 +5,11 @@ from __future__ import annotations
 import base64
 import os
 import shutil
+import signal
 import stat
 import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,7 +22,7 @@ from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey, RSAPubl
 import gen
 import keystore
 from config import DEFAULT_PASSPHRASE
-from tests.conftest import assert_clean_error
+from tests.conftest import ROOT, assert_clean_error, script_env
 
 PRIVATE = ".private.key"
 PUBLIC = ".public.key.pem"
@@ -283,6 +286,7 @@ def test_failed_write_leaves_no_half_key_pair(
     assert line.startswith("gen: ")
     assert "Input/output error" in line
     assert key_files(keys_dir) == before
+    assert keys_dir.exists() == existing  # a failed first run does not leave an empty folder
     assert not failures
 
 
@@ -294,4 +298,41 @@ def test_help_works_with_no_keys(empty_keys_dir: Path, capsys: pytest.CaptureFix
     assert out.startswith("usage: gen.py")
     assert "--bits" in out
     assert "--force" in out
+    assert not empty_keys_dir.exists()
+
+
+@pytest.mark.e2e
+def test_ctrl_c_while_generating_stops_at_once_and_writes_nothing(tmp_path: Path) -> None:
+    """SIGINT while OpenSSL generates the key (an 8192-bit one takes seconds): exit 130, one
+    line, no traceback, no file, and no waiting for the generation to end."""
+    folder = tmp_path / "keys"
+    process = subprocess.Popen(
+        [sys.executable, str(ROOT / "gen.py"), "--bits", "8192"],
+        env=script_env(JWT_KEYS_DIR=str(folder)),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 30
+        while not folder.exists():  # gen.py makes the folder, then generates the key
+            assert process.poll() is None, process.communicate()
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        process.send_signal(signal.SIGINT)
+        out, err = process.communicate(timeout=5)
+    finally:
+        process.kill()
+        process.wait()
+    assert (process.returncode, out, err) == (130, "", "gen: interrupted\n")
+    assert not folder.exists()
+
+
+def test_generation_errors_reach_the_main_thread(
+    empty_keys_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def failing_generate(**_: Any) -> Any:
+        raise MemoryError
+
+    monkeypatch.setattr(rsa, "generate_private_key", failing_generate)
+    with pytest.raises(MemoryError):
+        gen.main(FAST)
     assert not empty_keys_dir.exists()

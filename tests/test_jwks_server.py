@@ -15,7 +15,7 @@ from flask.testing import FlaskClient
 import jwks_server
 from config import DEFAULT_KID, Config, load_config
 from keystore import public_pem
-from tests.conftest import assert_clean_error
+from tests.conftest import assert_clean_error, free_port, run_script, script_env
 
 PATHS = ("/keys", "/.well-known/jwks.json")
 PRIVATE_MEMBERS = {"d", "p", "q", "dp", "dq", "qi", "oth", "k"}
@@ -241,3 +241,66 @@ def test_key_folder_without_keyring_uses_configured_kid(keys_dir: Path, tmp_path
     config = load_config({"JWT_KEYS_DIR": str(bare), "JWT_KID": "from-config"})
     response = jwks_server.create_app(config).test_client().get("/keys")
     assert [k["kid"] for k in response.get_json()["keys"]] == ["from-config"]
+
+
+# --- starting ---------------------------------------------------------------------------------
+
+
+def _no_serving(*args: object, **kwargs: object) -> None:
+    raise AssertionError("the server must not start")
+
+
+@pytest.mark.parametrize("present", [False, True], ids=["no-folder", "empty-folder"])
+def test_refuses_to_start_without_a_key(
+    present: bool,
+    empty_keys_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    if present:
+        empty_keys_dir.mkdir()
+    monkeypatch.setattr(jwks_server, "run_dev_server", _no_serving)
+    assert jwks_server.main([]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err == (
+        f"jwks_server: no public key at {empty_keys_dir / '.public.key.pem'}: run gen.py first\n"
+    )
+
+
+def test_ctrl_c_at_startup_is_one_line_and_130(
+    keys_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def interrupted(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt  # Ctrl-C while the server binds its port
+
+    monkeypatch.setattr(jwks_server, "run_dev_server", interrupted)
+    try:
+        code = jwks_server.main([])
+    except KeyboardInterrupt:  # not raised on: it would stop this pytest session
+        pytest.fail("Ctrl-C escaped main() with a traceback")
+    assert code == 130
+    assert capsys.readouterr().err == "jwks_server: interrupted\n"
+
+
+def test_export_names_the_file_by_absolute_path(
+    keys_dir: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert jwks_server.main(["--export", "jwks.json"]) == 0
+    assert capsys.readouterr().out == f"JWKS written to {tmp_path / 'jwks.json'}\n"
+    assert jwks_server.main(["--export", "missing/jwks.json"]) == 1
+    assert str(tmp_path / "missing") in capsys.readouterr().err
+
+
+@pytest.mark.e2e
+def test_server_without_keys_exits_at_once(empty_keys_dir: Path) -> None:
+    env = script_env(JWT_KEYS_DIR=str(empty_keys_dir), JWKS_PORT=str(free_port()))
+    result = run_script("jwks_server.py", env=env, timeout=30)
+    assert result.returncode == 2
+    assert result.stdout == ""
+    assert result.stderr.endswith(": run gen.py first\n")
+    assert len(result.stderr.splitlines()) == 1

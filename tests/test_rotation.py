@@ -3,32 +3,50 @@
 from __future__ import annotations
 
 import base64
+import functools
 import json
 import os
+import shutil
+import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 import requests
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
+from jwcrypto.jwk import JWK
 
 import gen
 import sign
-from config import load_config
-from keystore import KEYRING_FILE, NEXT_PRIVATE_KEY_FILE, read_keyring, utc_now
-from tests.conftest import ServerFactory, assert_clean_error, run_script, script_env
+import verify
+from config import DEFAULT_KID, DEFAULT_PASSPHRASE, UsageError, load_config
+from jwks_server import build_jwks
+from keystore import (
+    KEYRING_FILE,
+    NEXT_PRIVATE_KEY_FILE,
+    encrypted_pem,
+    load_signing_key,
+    read_keyring,
+    thumbprint,
+    utc_now,
+)
+from tests.conftest import ROOT, ServerFactory, assert_clean_error, run_script, script_env
+from tests.test_keystore import State, every_failure, run_failing_at
 
 BITS = ["--bits", "2048"]  # rotation logic does not depend on the key size; keep tests fast
 
 
-def snapshot(folder: Path) -> dict[str, tuple[bytes, int]]:
+def snapshot(folder: Path) -> State:
     """Every file of the folder with its bytes and mode."""
-    return {
-        p.name: (p.read_bytes(), p.stat().st_mode & 0o777)
-        for p in sorted(folder.iterdir())
-    }
+    return {p.name: (p.read_bytes(), p.stat().st_mode & 0o777) for p in sorted(folder.iterdir())}
 
 
 def run_gen(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
@@ -149,9 +167,7 @@ def test_refused_commands_leave_folder_unchanged(
     assert snapshot(keys_dir) == was
 
 
-def test_next_without_current_key(
-    empty_keys_dir: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_next_without_current_key(empty_keys_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code, _, err = run_gen(capsys, "--next", *BITS)
     assert code == 1 and "run gen.py first" in err
     assert not empty_keys_dir.exists()  # a refused command creates nothing
@@ -180,8 +196,8 @@ def test_interrupted_promote_puts_everything_back(
 
     monkeypatch.setattr(os, "replace", interrupt_at(real_replace))
     monkeypatch.setattr(os, "unlink", interrupt_at(real_unlink))
-    with pytest.raises(KeyboardInterrupt):
-        gen.main(["--promote"])
+    assert gen.main(["--promote"]) == 130
+    assert capsys.readouterr().err == "gen: interrupted\n"
     monkeypatch.undo()
     os.environ["JWT_KEYS_DIR"] = str(keys_dir)  # undo() also removed the fixture's setting
     assert snapshot(keys_dir) == was
@@ -191,8 +207,9 @@ def test_interrupted_promote_puts_everything_back(
     "damage",
     [
         pytest.param(lambda d: (d / KEYRING_FILE).write_text("{not json"), id="corrupt ring"),
-        pytest.param(lambda d: (d / KEYRING_FILE).write_text('{"keys": [{"state": "x"}]}'),
-                     id="bad record"),
+        pytest.param(
+            lambda d: (d / KEYRING_FILE).write_text('{"keys": [{"state": "x"}]}'), id="bad record"
+        ),
         pytest.param(lambda d: (d / ".public.key.pem").write_text("garbage"), id="bad public key"),
     ],
 )
@@ -279,6 +296,285 @@ def test_rotation_with_servers_running(keys_dir: Path, start_server: ServerFacto
         stop.set()
         loop.join(15)
     assert failures == []
-    assert [k["kid"] for k in requests.get(f"{jwks.base}/keys", timeout=5).json()["keys"]] == [
-        "k2"
-    ]
+    assert [k["kid"] for k in requests.get(f"{jwks.base}/keys", timeout=5).json()["keys"]] == ["k2"]
+
+
+# --- crashes, Ctrl-C and I/O errors at every step of every command ---------------------------
+
+FIXED_TIME = "2030-01-02T03:04:05Z"
+# (id, commands that make the folder before, the command under test)
+COMMANDS = [
+    ("create", None, ["--kid", "k-new"]),
+    ("next", [], ["--next", "--kid", "k-new"]),
+    ("promote", [["--next", "--kid", "k2", *BITS]], ["--promote"]),
+    ("prune", [["--next", "--kid", "k2", *BITS], ["--promote"]], ["--prune", "--force"]),
+    ("force", [["--next", "--kid", "k2", *BITS]], ["--force", "--kid", "k-new"]),
+    ("force-guide-files", "guide files", ["--force", "--kid", "k-new"]),
+]
+
+
+@dataclass
+class Scenario:
+    """A gen.py command, the folder before it, and the folder after it."""
+
+    template: Path
+    work: Path
+    argv: list[str]
+    target: Callable[[], int]
+    before: State
+    after: State
+    after_keys: dict[str, bytes]
+    kid_of: dict[str, str]  # thumbprint -> kid, for every key before or after
+
+
+@pytest.fixture
+def scenario(
+    request: pytest.FixtureRequest,
+    *,
+    keys_dir: Path,
+    tmpfs_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    other_private_key: RSAPrivateKey,
+) -> Scenario:
+    """The command of ``request.param`` (an id of COMMANDS), made deterministic (the new key,
+    its encryption and the clock are fixed) so that the folder after it is known exactly.
+
+    Private keys are loaded without OpenSSL's checks of the key itself, here and in the
+    forked children: they take 30-100 ms a key, and a command runs about 40 times.
+    """
+    _, setup, argv = next(c for c in COMMANDS if c[0] == request.param)
+    monkeypatch.setattr(
+        serialization,
+        "load_pem_private_key",
+        functools.partial(serialization.load_pem_private_key, unsafe_skip_rsa_key_validation=True),
+    )
+    shutil.rmtree(keys_dir)
+    keys_dir.mkdir()
+    if setup is not None:
+        # 2048 bits: a 4096-bit key takes 0.2 s to load (its checks), each of ~50 times. Not
+        # the default kid: a reader that falls back to it for a key the ring does not list
+        # (yet, or any more) would pair the key with the wrong kid, and the test sees it.
+        assert run_gen(capsys, *BITS, "--kid", "k-old")[0] == 0
+    if setup == "guide files":
+        (keys_dir / KEYRING_FILE).unlink()
+    else:
+        for args in setup or ():
+            assert run_gen(capsys, *args)[0] == 0
+    template = tmpfs_path / "template"
+    shutil.copytree(keys_dir, template)
+    work = tmpfs_path / "work"
+    monkeypatch.setenv("JWT_KEYS_DIR", str(work))
+    pem = encrypted_pem(other_private_key, DEFAULT_PASSPHRASE)
+
+    def target() -> int:  # runs in a forked child: the patches die with it
+        rsa.generate_private_key = lambda **_: other_private_key
+        gen.encrypted_pem = lambda *_: pem  # type: ignore[attr-defined]
+        gen.utc_now = lambda: FIXED_TIME  # type: ignore[attr-defined]
+        return gen.main(argv)
+
+    after_dir = tmpfs_path / "after"
+    shutil.copytree(template, work)
+    assert run_failing_at(0, "sigkill", target)[0] == ("exit", 0)
+    work.rename(after_dir)
+    kid_of = {}
+    for folder in (template, after_dir):
+        kid_of.update({r.thumbprint: r.kid for r in read_keyring(folder, DEFAULT_KID).records})
+    before, after = snapshot(template), snapshot(after_dir)
+    assert before != after
+    return Scenario(template, work, argv, target, before, after, key_files(after_dir), kid_of)
+
+
+def key_files(folder: Path) -> dict[str, bytes]:
+    """The files of a keys folder that readers read."""
+    names = (".private.key", ".public.key.pem", KEYRING_FILE, NEXT_PRIVATE_KEY_FILE)
+    return {name: (folder / name).read_bytes() for name in names if (folder / name).exists()}
+
+
+def assert_readers_pair_keys_with_their_kids(folder: Path, kid_of: dict[str, str]) -> None:
+    """What sign.py and jwks_server.py read from ``folder`` pairs every key with its kid."""
+    try:
+        key, kid = load_signing_key(folder, DEFAULT_PASSPHRASE, DEFAULT_KID)
+    except UsageError:
+        pass  # no private key (the first key is not in yet): nothing to sign with
+    else:
+        assert kid == kid_of[thumbprint(key.public_key())]
+    try:
+        key_set = build_jwks(folder, DEFAULT_KID)
+    except UsageError:
+        return  # no public key yet: the JWKS server answers 500
+    for jwk in key_set["keys"]:
+        assert jwk["kid"] == kid_of[JWK(**jwk).thumbprint()]
+
+
+def assert_sign_and_verify_work(folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    if not (folder / ".private.key").exists():
+        return  # the state before the first key: nothing to sign with
+    monkeypatch.setenv("JWT_KEYS_DIR", str(folder))
+    assert sign.main([]) == 0
+    assert verify.main([]) == 0
+
+
+@pytest.mark.parametrize("scenario", [c[0] for c in COMMANDS], indirect=True)
+def test_killed_at_every_step_next_command_recovers(
+    scenario: Scenario,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """SIGKILL at each file-changing call: before recovery, readers never pair a key with
+    another key's kid; the next gen.py command (--list) brings the folder back to the state
+    before or after, with no other file (no temporary copy of a private key)."""
+    seen, intermediate = set(), 0
+    capsys.readouterr()
+    for n, outcome in every_failure("sigkill", scenario.template, scenario.work, scenario.target):
+        assert outcome == ("signal", signal.SIGKILL), n
+        if key_files(scenario.work) not in (key_files(scenario.template), scenario.after_keys):
+            # A change half applied (elsewhere the key files are those before or after)
+            assert_readers_pair_keys_with_their_kids(scenario.work, scenario.kid_of)
+            intermediate += 1
+        code, _, err = run_gen(capsys, "--list")
+        assert code == 0, err
+        assert err in ("", f"gen: a gen.py command was interrupted in {scenario.work}: "
+                       "its change is undone\n")  # fmt: skip
+        state = snapshot(scenario.work)
+        assert state in (scenario.before, scenario.after), n
+        seen.add(state == scenario.after)
+    assert seen == {False, True}
+    assert intermediate > 0 or scenario.argv == ["--prune", "--force"]  # one file: no middle
+    for state_dir in (scenario.template, scenario.template.parent / "after"):
+        assert_sign_and_verify_work(state_dir, monkeypatch)
+
+
+@pytest.mark.parametrize(
+    ("how", "scenario"), [("sigint", "promote"), ("oserror", "force")], indirect=["scenario"]
+)
+def test_ctrl_c_or_io_error_at_every_step_leaves_before_or_after(
+    scenario: Scenario, how: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Without any recovery: Ctrl-C (exit 130) and I/O errors (exit 1) undo the change, but
+    for one after the commit point: Ctrl-C then comes once the change is complete."""
+    applied = []
+    for n, outcome in every_failure(how, scenario.template, scenario.work, scenario.target):
+        state = snapshot(scenario.work)
+        if how == "sigint":
+            assert outcome == ("exit", 130), n
+            assert state in (scenario.before, scenario.after), n
+            applied.append(state == scenario.after)
+        elif outcome == ("exit", 0):  # an error while cleaning up after the commit point
+            assert run_gen(capsys, "--list")[0] == 0
+            assert snapshot(scenario.work) == scenario.after, n
+        else:
+            assert outcome == ("exit", 1), n
+            assert state == scenario.before, n
+    assert applied == sorted(applied)  # Ctrl-C after the commit point only leaves it applied
+
+
+@pytest.mark.e2e
+def test_kill_9_during_promote_then_the_real_scripts(keys_dir: Path) -> None:
+    """The issue's case, with the real scripts: gen.py --promote SIGKILLed half way (after
+    the public key is replaced), then gen.py --list, sign.py and verify.py."""
+    env = script_env(JWT_KEYS_DIR=str(keys_dir))
+    assert run_script("gen.py", "--next", "--kid", "k2", *BITS, env=env).returncode == 0
+    before = snapshot(keys_dir)
+    wrapper = (
+        "import os, runpy, signal, sys\n"
+        "real, calls = os.replace, []\n"
+        "def replace(src, dst):\n"
+        "    if os.path.basename(dst) == '.private.key':\n"
+        "        os.kill(os.getpid(), signal.SIGKILL)\n"
+        "    real(src, dst)\n"
+        "os.replace = replace\n"
+        "sys.argv = ['gen.py', '--promote']\n"
+        f"runpy.run_path({str(ROOT / 'gen.py')!r}, run_name='__main__')\n"
+    )
+    killed = subprocess.run(
+        [sys.executable, "-c", wrapper], env=env, capture_output=True, timeout=60, check=False
+    )
+    assert killed.returncode == -signal.SIGKILL
+    assert {p.name for p in keys_dir.iterdir()} > set(before)  # journal, copies of keys
+    listed = run_script("gen.py", "--list", env=env)
+    assert listed.returncode == 0
+    assert (
+        listed.stderr
+        == f"gen: a gen.py command was interrupted in {keys_dir}: its change is undone\n"
+    )
+    assert [line.split()[:2] for line in listed.stdout.splitlines()] == [
+        ["next", "k2"], ["current", "my-key-id"]
+    ]  # fmt: skip
+    assert snapshot(keys_dir) == before
+    for script in ("sign.py", "verify.py"):
+        result = run_script(script, env=env)
+        assert result.returncode == 0, result.stderr
+    promoted = run_script("gen.py", "--promote", env=env)
+    assert promoted.returncode == 0 and promoted.stderr == ""
+
+
+# --- refusals that must change nothing --------------------------------------------------------
+
+
+def test_promote_with_the_wrong_passphrase_changes_nothing(
+    keys_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert run_gen(capsys, "--next", "--kid", "k2", *BITS)[0] == 0
+    was = snapshot(keys_dir)
+    monkeypatch.setenv("JWT_PASSPHRASE", "not-the-passphrase")
+    code, out, err = run_gen(capsys, "--promote")
+    assert code == 1
+    assert out == ""
+    assert err == (
+        f"gen: cannot decrypt {keys_dir / NEXT_PRIVATE_KEY_FILE}: wrong passphrase "
+        "(JWT_PASSPHRASE) or not an encrypted key\n"
+    )
+    assert "not-the-passphrase" not in err
+    assert_clean_error(err)
+    assert snapshot(keys_dir) == was
+    monkeypatch.delenv("JWT_PASSPHRASE")
+    assert sign.main([]) == 0  # the current key still signs
+
+
+def test_promote_refuses_a_next_key_file_that_is_not_the_rings(
+    keys_dir: Path, capsys: pytest.CaptureFixture[str], other_private_key: RSAPrivateKey
+) -> None:
+    assert run_gen(capsys, "--next", "--kid", "k2", *BITS)[0] == 0
+    (keys_dir / NEXT_PRIVATE_KEY_FILE).write_bytes(
+        encrypted_pem(other_private_key, DEFAULT_PASSPHRASE)
+    )
+    was = snapshot(keys_dir)
+    code, _, err = run_gen(capsys, "--promote")
+    assert code == 1 and len(err.splitlines()) == 1
+    assert "'k2'" in err and str(keys_dir / NEXT_PRIVATE_KEY_FILE) in err
+    assert snapshot(keys_dir) == was
+
+
+@pytest.mark.parametrize(
+    ("command", "code"),
+    [(["--list"], 2), (["--next", *BITS], 1), (["--promote"], 1), (["--prune"], 1),
+     (["--prune", "--force"], 1)],
+    ids=["list", "next", "promote", "prune", "prune-force"],
+)  # fmt: skip
+def test_missing_keys_folder(
+    command: list[str], code: int, empty_keys_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """SPEC: --list reads a missing input (exit 2, as sign.py); rotation commands need a
+    current key (exit 1); none creates the folder."""
+    result, out, err = run_gen(capsys, *command)
+    assert (result, out) == (code, "")
+    assert err == f"gen: no keys folder at {empty_keys_dir}: run gen.py first\n"
+    assert not empty_keys_dir.exists()
+
+
+@pytest.mark.parametrize("command", [["--next", *BITS], ["--promote"], ["--prune", "--force"]])
+def test_rotation_without_a_current_key(
+    command: list[str], keys_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Retired keys, but no current key (its files deleted by hand)."""
+    assert run_gen(capsys, "--next", "--kid", "k2", *BITS)[0] == 0
+    assert run_gen(capsys, "--promote")[0] == 0
+    for name in (".private.key", ".public.key.pem"):
+        (keys_dir / name).unlink()
+    was = snapshot(keys_dir)
+    code, _, err = run_gen(capsys, *command)
+    assert code == 1
+    assert err == f"gen: no current key in {keys_dir}: run gen.py first\n"
+    assert snapshot(keys_dir) == was

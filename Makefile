@@ -1,50 +1,63 @@
-# The guide's yarn scripts as make targets. Every target installs .venv on first use, and
-# honours the environment variables of SPEC.md (JWT_KEYS_DIR, JWKS_PORT, PROTECTED_PORT...).
+# The guide's yarn scripts as make targets. Every target installs .venv on first use, with
+# only what it runs: the runtime dependencies for the guide's steps and the demo, the test
+# tools for test/lint, granian for serve/bench. Every target honours the environment
+# variables of SPEC.md (JWT_KEYS_DIR, JWKS_PORT, PROTECTED_PORT...).
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.installed
+PIP := $(PY) -m pip install --quiet --disable-pip-version-check
+# One stamp per level of installation; each is redone when pyproject.toml changes.
+RUNTIME := $(VENV)/.installed-runtime
+TESTING := $(VENV)/.installed-test
+SERVING := $(VENV)/.installed-serve
 
 .PHONY: install gen sign verify jwks-server protected-server jwks-client-server make-request \
         demo serve bench test lint clean
 
-install: $(STAMP)
+install: $(TESTING) $(SERVING)
 
-$(STAMP): pyproject.toml
+$(RUNTIME): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11) and "Python 3.11+ is needed: set PYTHON=python3.11")'
-	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check --upgrade pip
-	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[serve,test]'
-	@touch $(STAMP)
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) -e .
+	@touch $@
 
-gen: $(STAMP)
+$(TESTING): $(RUNTIME)
+	$(PIP) -e '.[test]'
+	@touch $@
+
+$(SERVING): $(RUNTIME)
+	$(PIP) -e '.[serve]'
+	@touch $@
+
+gen: $(RUNTIME)
 	$(PY) gen.py $(ARGS)
 
-sign: $(STAMP)
+sign: $(RUNTIME)
 	$(PY) sign.py $(ARGS)
 
-verify: $(STAMP)
+verify: $(RUNTIME)
 	$(PY) verify.py $(ARGS)
 
-jwks-server: $(STAMP)
+jwks-server: $(RUNTIME)
 	$(PY) jwks_server.py
 
-protected-server jwks-client-server: $(STAMP)
+protected-server jwks-client-server: $(RUNTIME)
 	$(PY) protected_server.py
 
-make-request: $(STAMP)
+make-request: $(RUNTIME)
 	$(PY) make_request.py
 
-demo: $(STAMP)
-	$(PY) demo.py
+demo: $(RUNTIME)
+	$(PY) tools/demo.py
 
-serve: $(STAMP)
-	$(PY) serve.py
+serve: $(SERVING)
+	$(PY) -m jwt_guide.http.serve
 
-bench: $(STAMP)
-	$(PY) bench.py
+bench: $(SERVING)
+	$(PY) tools/bench.py
 
-lint: $(STAMP)
+lint: $(TESTING)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
 

@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
-import argparse
+import signal
 import sys
+
+if __name__ == "__main__":  # Ctrl-C while the imports below load: exit 130, no traceback
+    signal.signal(signal.SIGINT, lambda signum, frame: sys.exit(130))
+
+import argparse
 from collections.abc import Sequence
 
 import requests
 
-from config import AppError, ArgumentParser, UsageError, load_config
+from jwt_guide.cli import ArgumentParser, run
+from jwt_guide.config import load_config
+from jwt_guide.errors import JwtGuideError, UsageError
 
 TIMEOUT = (5.0, 30.0)  # connect, read
 
@@ -16,24 +23,24 @@ TIMEOUT = (5.0, 30.0)  # connect, read
 def call(url: str, token: str) -> str:
     """GET ``url`` with ``Authorization: Bearer <token>`` and return the body of a 2xx answer.
 
-    Raises AppError with ``HTTP <status>: <error_description>`` for any other answer, or a
+    Raises JwtGuideError with ``HTTP <status>: <error_description>`` for any other answer, or a
     line naming the URL if the server cannot be reached.
     """
     try:
         response = requests.get(url, headers={"Authorization": f"Bearer {token}"}, timeout=TIMEOUT)
     except requests.ConnectionError:
-        raise AppError(
+        raise JwtGuideError(
             f"cannot connect to {url}: is protected_server.py running? (make protected-server)"
         ) from None
     except requests.RequestException as e:
-        raise AppError(f"request to {url} failed: {type(e).__name__}") from None
+        raise JwtGuideError(f"request to {url} failed: {type(e).__name__}") from None
     if response.ok:
         return response.text
     try:
         description = response.json().get("error_description") or response.reason
     except (ValueError, AttributeError):
         description = response.reason or "error"
-    raise AppError(f"HTTP {response.status_code}: {description}")
+    raise JwtGuideError(f"HTTP {response.status_code}: {description}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -45,27 +52,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
 
+def _step() -> None:
+    config = load_config()
+    try:
+        token = config.token_path.read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        raise UsageError(f"no token at {config.token_path}: run sign.py first") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise UsageError(f"cannot read {config.token_path}: {e}") from None
+    if not token or not token.isascii() or any(c.isspace() for c in token):
+        raise UsageError(f"{config.token_path} does not hold a JWT: run sign.py again")
+    print(call(config.protected_url, token))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run step 4.c; return the exit code."""
-    try:
-        build_parser().parse_args(argv)
-        config = load_config()
-        try:
-            token = config.token_path.read_text(encoding="utf-8").strip()
-        except FileNotFoundError:
-            raise UsageError(f"no token at {config.token_path}: run sign.py first") from None
-        except (OSError, UnicodeDecodeError) as e:
-            raise UsageError(f"cannot read {config.token_path}: {e}") from None
-        if not token or not token.isascii() or any(c.isspace() for c in token):
-            raise UsageError(f"{config.token_path} does not hold a JWT: run sign.py again")
-        print(call(config.protected_url, token))
-    except AppError as e:
-        print(f"make_request: {e}", file=sys.stderr)
-        return e.exit_code
-    except KeyboardInterrupt:
-        print("make_request: interrupted", file=sys.stderr)
-        return 130
-    return 0
+    build_parser().parse_args(argv)
+    return run("make_request", _step)
 
 
 if __name__ == "__main__":

@@ -21,9 +21,9 @@ import requests
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 
-import gen
-from config import DEFAULT_ISSUER, DEFAULT_KID, DEFAULT_PASSPHRASE, load_config
-from keystore import load_private_key
+from jwt_guide import rotation
+from jwt_guide.config import DEFAULT_ISSUER, DEFAULT_KID, DEFAULT_PASSPHRASE, load_config
+from jwt_guide.keystore import load_private_key
 
 ROOT = Path(__file__).resolve().parent.parent
 ENV_PREFIXES = ("JWT_", "JWKS_", "PROTECTED_", "TOKEN_CACHE", "SERVER_WORKERS")
@@ -44,7 +44,7 @@ def session_keys(tmp_path_factory: pytest.TempPathFactory) -> Path:
     keys_dir = tmp_path_factory.mktemp("session") / "keys"
     config = load_config({"JWT_KEYS_DIR": str(keys_dir)})
     keys_dir.mkdir(mode=0o700)
-    gen.create(config, bits=4096, kid=None, force=False)
+    rotation.create(config, lambda: rsa.generate_private_key(65537, 4096), None, force=False)
     return keys_dir
 
 
@@ -166,9 +166,9 @@ def script_env(**overrides: str) -> dict[str, str]:
 def run_script(
     script: str, *args: str, env: dict[str, str], timeout: float = 60
 ) -> subprocess.CompletedProcess[str]:
-    """Run a script to completion; return the CompletedProcess (text)."""
+    """Run a script (or ``-m``, a module) to completion; return the CompletedProcess (text)."""
     return subprocess.run(
-        [sys.executable, str(ROOT / script), *args],
+        [sys.executable, script if script == "-m" else str(ROOT / script), *args],
         env=env, capture_output=True, text=True, timeout=timeout, check=False,
     )  # fmt: skip
 

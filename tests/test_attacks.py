@@ -37,7 +37,8 @@ from cryptography.x509.oid import NameOID
 from jwt.algorithms import RSAAlgorithm
 
 import verify
-from config import DEFAULT_ISSUER, DEFAULT_KID
+from jwt_guide.config import DEFAULT_ISSUER, DEFAULT_KID
+from jwt_guide.tokens import MAX_TOKEN_BYTES
 from tests.conftest import (
     ROOT,
     Server,
@@ -1012,7 +1013,7 @@ def _sized(kit: Kit, limit: int, over: bool) -> str:
 def test_size_limit_is_8_kib_in_both(
     over: bool, kit: Kit, keys_dir: Path, protected: Server, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    token = _sized(kit, verify.MAX_TOKEN_BYTES, over)
+    token = _sized(kit, MAX_TOKEN_BYTES, over)
     assert (len(token) > 8192) is over and len(token) > 8150
     code, out, err = run_verify(token, capsys)
     response = call(protected, f"Bearer {token}")

@@ -18,15 +18,15 @@ import make_request
 import protected_server
 import sign
 import verify
-from config import (
+from jwt_guide.config import (
     DEFAULT_ISSUER,
     DEFAULT_KID,
     DEFAULT_PASSPHRASE,
     Config,
-    UsageError,
     load_config,
     parse_duration,
 )
+from jwt_guide.errors import UsageError
 from tests.conftest import ROOT, assert_clean_error, run_script, script_env
 
 HUGE = "9" * 400  # a number of seconds too large for a float

@@ -30,7 +30,7 @@ def test_demo_runs_every_step_and_stops_the_servers(keys_dir: Path) -> None:
     env = script_env(
         JWT_KEYS_DIR=str(keys_dir), JWKS_PORT=str(jwks_port), PROTECTED_PORT=str(protected_port)
     )
-    result = run_script("demo.py", env=env, timeout=120)
+    result = run_script("tools/demo.py", env=env, timeout=120)
     assert result.returncode == 0, result.stderr
     out = result.stdout
     assert "keys exist" in out  # keys are generated only if there are none
@@ -57,7 +57,7 @@ def test_demo_stops_what_it_started_when_a_step_fails(keys_dir: Path) -> None:
             JWT_KEYS_DIR=str(keys_dir), JWKS_PORT=str(jwks_port),
             PROTECTED_PORT=str(protected_port),
         )  # fmt: skip
-        result = run_script("demo.py", env=env, timeout=120)
+        result = run_script("tools/demo.py", env=env, timeout=120)
     assert result.returncode == 1
     assert result.stderr.strip().splitlines()[-1].startswith(f"demo: port {protected_port}")
     assert_clean_error(result.stdout + result.stderr)
@@ -79,7 +79,7 @@ def test_interrupted_demo_stops_everything_in_one_line(
         JWT_KEYS_DIR=str(keys_dir), JWKS_PORT=str(jwks_port), PROTECTED_PORT=str(protected_port)
     )
     demo = subprocess.Popen(
-        [sys.executable, str(ROOT / "demo.py")], env=env, start_new_session=True,
+        [sys.executable, str(ROOT / "tools" / "demo.py")], env=env, start_new_session=True,
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:

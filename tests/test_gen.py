@@ -20,8 +20,8 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey, RSAPublicKey
 
 import gen
-import keystore
-from config import DEFAULT_PASSPHRASE
+from jwt_guide import keystore
+from jwt_guide.config import DEFAULT_PASSPHRASE
 from tests.conftest import ROOT, assert_clean_error, script_env
 
 PRIVATE = ".private.key"

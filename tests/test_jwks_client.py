@@ -24,8 +24,9 @@ from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 from jwt.algorithms import ECAlgorithm
 from jwt.utils import base64url_encode
 
-import jwks_client
-from jwks_client import (
+from jwt_guide import jwks_client
+from jwt_guide.errors import KeysUnavailable
+from jwt_guide.jwks_client import (
     FIRST_RETRY_SECONDS,
     MAX_JWKS_BYTES,
     MIN_CACHE_SECONDS,
@@ -33,7 +34,6 @@ from jwks_client import (
     STALE_IF_ERROR_SECONDS,
     FetchError,
     JwksClient,
-    JwksUnavailable,
     parse_key_set,
 )
 from tests.conftest import free_port
@@ -255,7 +255,7 @@ def test_concurrent_cold_requests_share_one_failed_fetch(server: JwksHttpServer)
         try:
             client.get_key("good")
             outcomes.append("key")
-        except JwksUnavailable:
+        except KeysUnavailable:
             outcomes.append("unavailable")
 
     threads = [threading.Thread(target=request) for _ in range(30)]
@@ -306,7 +306,7 @@ def test_fetch_times_out(server: JwksHttpServer, monkeypatch: pytest.MonkeyPatch
     server.serve(key_set(good_jwk))
     server.gate = threading.Event()  # the server never answers in time
     client = make_client(server)
-    with pytest.raises(JwksUnavailable):
+    with pytest.raises(KeysUnavailable):
         client.get_key("good")
     assert server.count == 1
 
@@ -330,7 +330,7 @@ def test_dripping_server_is_cut_at_the_fetch_deadline(
         try:
             client.get_key("good")
             outcome.append("key")
-        except JwksUnavailable:
+        except KeysUnavailable:
             outcome.append("unavailable")
 
     thread = threading.Thread(target=request, daemon=True)
@@ -353,7 +353,7 @@ def test_body_over_the_cap_is_a_failed_fetch(
     client = make_client(server, per_minute=6000)
     server.serve(padded(MAX_JWKS_BYTES + 1))
     assert len(server.answer.body) == MAX_JWKS_BYTES + 1
-    with pytest.raises(JwksUnavailable):
+    with pytest.raises(KeysUnavailable):
         client.get_key("good")
     server.serve(padded(MAX_JWKS_BYTES - 1000))
     key = _get_after_spacing(client, "good", time.monotonic() + WAIT)
@@ -365,7 +365,7 @@ def _get_after_spacing(client: JwksClient, kid: str, deadline: float) -> object:
     while True:
         try:
             return client.get_key(kid)
-        except JwksUnavailable:
+        except KeysUnavailable:
             assert time.monotonic() < deadline
             time.sleep(0.005)
 
@@ -401,7 +401,7 @@ def test_bad_responses_are_failed_fetches(
     body = body.replace(b"__KEYSET__", key_set(good_jwk))
     server.serve(body, status=status, headers={"Content-Type": content_type})
     client = make_client(server)
-    with pytest.raises(JwksUnavailable) as raised:
+    with pytest.raises(KeysUnavailable) as raised:
         client.get_key("good")
     assert raised.value.retry_after >= 1
     assert server.count == 1
@@ -414,7 +414,7 @@ def test_empty_key_set_is_a_successful_fetch_without_keys(server: JwksHttpServer
 
 def test_unreachable_server_is_unavailable_with_retry_after() -> None:
     client = JwksClient(f"http://127.0.0.1:{free_port()}/keys", 600, 5)
-    with pytest.raises(JwksUnavailable) as raised:
+    with pytest.raises(KeysUnavailable) as raised:
         client.get_key("good")
     assert 1 <= raised.value.retry_after <= 12
 
@@ -423,7 +423,7 @@ def test_redirects_are_not_followed(server: JwksHttpServer, good_jwk: dict[str, 
     moved = server.uri.replace("/keys", "/moved")
     server.serve(key_set(good_jwk), status=302, headers={"Location": moved})
     client = make_client(server)
-    with pytest.raises(JwksUnavailable):
+    with pytest.raises(KeysUnavailable):
         client.get_key("good")
     assert server.paths() == ["/keys"]
 
@@ -434,7 +434,7 @@ def test_user_agent_is_the_projects_own(server: JwksHttpServer, good_jwk: dict[s
     [(_, headers)] = server.requests
     agent = headers.get("User-Agent", "")
     assert agent == jwks_client.USER_AGENT
-    assert agent.startswith("jwt-asymmetric-guide")
+    assert agent.startswith("jwt-guide")
     assert "python-requests" not in agent
 
 
@@ -525,7 +525,7 @@ def test_stale_keys_keep_verifying_while_the_server_fails(
     assert client.get_key("good") is not None
     # Bounded: past the stale-if-error window the old keys are no longer used.
     clock.advance(200)
-    with pytest.raises(JwksUnavailable):
+    with pytest.raises(KeysUnavailable):
         client.get_key("good")
 
 
@@ -548,12 +548,12 @@ def test_recovers_about_one_second_after_a_failed_fetch(
     the 12 s spacing of 5 fetches a minute."""
     server.serve(b"", status=502)
     client = make_client(server, clock, per_minute=5)
-    with pytest.raises(JwksUnavailable) as raised:
+    with pytest.raises(KeysUnavailable) as raised:
         client.get_key("good")
     assert raised.value.retry_after == 1
     server.serve(key_set(good_jwk))
     clock.advance(FIRST_RETRY_SECONDS * (1 - RETRY_JITTER) - 0.01)
-    with pytest.raises(JwksUnavailable) as again:  # not before the retry delay has passed
+    with pytest.raises(KeysUnavailable) as again:  # not before the retry delay has passed
         client.get_key("good")
     assert again.value.retry_after == 1
     assert server.count == 1
@@ -576,7 +576,7 @@ def _fetch_times_while_failing(
     while clock.now < end:
         try:
             client.get_key("good")
-        except JwksUnavailable as e:
+        except KeysUnavailable as e:
             refusals.append((clock.now, e.retry_after))
         clock.advance(step)
     return fetch_times, refusals
@@ -622,7 +622,7 @@ def test_success_after_failures_starts_the_backoff_again(
     rng = random.Random(3)  # noqa: S311 (reproducible jitter)
     client = JwksClient(server.uri, 600, 60, clock=clock, rng=rng)  # spacing: 1 s
     for _ in range(3):
-        with pytest.raises(JwksUnavailable):
+        with pytest.raises(KeysUnavailable):
             client.get_key("good")
         clock.advance(1.0)
     server.serve(key_set(good_jwk))

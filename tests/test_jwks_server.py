@@ -13,8 +13,8 @@ from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 from flask.testing import FlaskClient
 
 import jwks_server
-from config import DEFAULT_KID, Config, load_config
-from keystore import public_pem
+from jwt_guide.config import DEFAULT_KID, Config, load_config
+from jwt_guide.keystore import public_pem
 from tests.conftest import assert_clean_error, free_port, run_script, script_env
 
 PATHS = ("/keys", "/.well-known/jwks.json")

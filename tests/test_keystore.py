@@ -22,9 +22,10 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 
-import keystore
-from config import DEFAULT_KID, DEFAULT_PASSPHRASE, AppError, UsageError
-from keystore import (
+from jwt_guide import keystore
+from jwt_guide.config import DEFAULT_KID, DEFAULT_PASSPHRASE
+from jwt_guide.errors import JwtGuideError, UsageError
+from jwt_guide.keystore import (
     JOURNAL_FILE,
     KEYRING_FILE,
     KeyRecord,
@@ -313,7 +314,7 @@ def test_recover_removes_stray_copies_and_nothing_else(tmp_path: Path) -> None:
 def test_journal_not_written_by_gen_is_refused(journal: bytes, tmp_path: Path) -> None:
     (tmp_path / JOURNAL_FILE).write_bytes(journal)
     (tmp_path / "a").write_bytes(b"a0")
-    with pytest.raises(AppError) as raised, locked(tmp_path):
+    with pytest.raises(JwtGuideError) as raised, locked(tmp_path):
         recover(tmp_path)
     message = str(raised.value)
     assert str(tmp_path / JOURNAL_FILE) in message
@@ -323,7 +324,7 @@ def test_journal_not_written_by_gen_is_refused(journal: bytes, tmp_path: Path) -
 
 def test_no_change_while_an_interrupted_one_is_not_undone(plain_folder: Path) -> None:
     (plain_folder / JOURNAL_FILE).write_text('{"steps": []}')
-    with pytest.raises(AppError, match=r"run gen\.py --list"), locked(plain_folder):
+    with pytest.raises(JwtGuideError, match=r"run gen\.py --list"), locked(plain_folder):
         apply_locked(plain_folder, CHANGES)
     apply_changes(plain_folder, {"token.txt": b"t"})  # sign.py still writes its token
     with locked(plain_folder):

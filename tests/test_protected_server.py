@@ -24,9 +24,11 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 import protected_server
-from config import DEFAULT_ISSUER, DEFAULT_KID, load_config
-from jwks_client import FetchError, JwksClient
-from protected_server import Authenticator
+from jwt_guide import tokens
+from jwt_guide import verifier as verifier_module
+from jwt_guide.config import DEFAULT_ISSUER, DEFAULT_KID, load_config
+from jwt_guide.jwks_client import FetchError, JwksClient
+from jwt_guide.verifier import Verifier
 from tests.conftest import (
     ServerFactory,
     TokenFactory,
@@ -36,7 +38,6 @@ from tests.conftest import (
     script_env,
 )
 from tests.jwks_fakes import FakeClock, JwksHttpServer, jwk_of, key_set
-from verify import verify_token
 
 JWKS_URI = "http://127.0.0.1:9/keys"  # never contacted: the fetch is injected
 DAY = 24 * 60 * 60
@@ -68,14 +69,9 @@ class Harness:
     client: FlaskClient
     fetch: FakeFetch
     jwks_clock: FakeClock
-    clock: FakeClock  # the authenticator's wall clock (token times)
+    clock: FakeClock  # the verifier's wall clock (token times)
     verifications: list[str]
-
-    @property
-    def authenticator(self) -> Authenticator:
-        auth = self.app.extensions["authenticator"]
-        assert isinstance(auth, Authenticator)
-        return auth
+    verifier: Verifier
 
     def get(self, token: str | None = None, scheme: str = "Bearer") -> Any:
         headers = {} if token is None else {"Authorization": f"{scheme} {token}"}
@@ -89,11 +85,13 @@ HarnessFactory = Callable[..., Harness]
 def harness(private_key: RSAPrivateKey, monkeypatch: pytest.MonkeyPatch) -> HarnessFactory:
     verifications: list[str] = []
 
+    real_verify_token = tokens.verify_token
+
     def counting_verify(token: Any, *args: Any, **kwargs: Any) -> dict[str, Any]:
         verifications.append("verify")
-        return verify_token(token, *args, **kwargs)
+        return real_verify_token(token, *args, **kwargs)
 
-    monkeypatch.setattr(protected_server, "verify_token", counting_verify)
+    monkeypatch.setattr(verifier_module, "verify_token", counting_verify)
 
     def factory(cache_size: int = 100, per_minute: int = 5, cache_seconds: int = 600) -> Harness:
         config = load_config({
@@ -108,11 +106,10 @@ def harness(private_key: RSAPrivateKey, monkeypatch: pytest.MonkeyPatch) -> Harn
             config.jwks_uri, config.jwks_cache_seconds, config.jwks_requests_per_minute,
             fetch=fetch, clock=jwks_clock,
         )  # fmt: skip
-        app = protected_server.create_app(config, jwks=jwks)
         clock = FakeClock(float(int(time.time())))
-        auth = app.extensions["authenticator"]
-        auth.clock = clock
-        return Harness(app, app.test_client(), fetch, jwks_clock, clock, verifications)
+        verifier = Verifier(config=config, keys=jwks, clock=clock)
+        app = protected_server.create_app(config, verifier)
+        return Harness(app, app.test_client(), fetch, jwks_clock, clock, verifications, verifier)
 
     return factory
 
@@ -393,7 +390,7 @@ def test_cache_is_a_bounded_lru(harness: HarnessFactory, make_token: TokenFactor
     assert verified_after(b) == 4  # was evicted
     for i in range(20):
         h.get(make_token(now=now, userId=f"user-{i}"))
-    assert len(h.authenticator.cache) <= 2
+    assert len(h.verifier.cache) <= 2
 
 
 def test_cache_size_zero_turns_it_off(harness: HarnessFactory, make_token: TokenFactory) -> None:
@@ -402,7 +399,7 @@ def test_cache_size_zero_turns_it_off(harness: HarnessFactory, make_token: Token
     for _ in range(3):
         assert h.get(token).status_code == 200
     assert len(h.verifications) == 3
-    assert len(h.authenticator.cache) == 0
+    assert len(h.verifier.cache) == 0
 
 
 def test_failures_are_never_cached(

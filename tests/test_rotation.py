@@ -27,9 +27,11 @@ from jwcrypto.jwk import JWK
 import gen
 import sign
 import verify
-from config import DEFAULT_KID, DEFAULT_PASSPHRASE, UsageError, load_config
-from jwks_server import build_jwks
-from keystore import (
+from jwt_guide import rotation
+from jwt_guide.config import DEFAULT_KID, DEFAULT_PASSPHRASE, load_config
+from jwt_guide.errors import UsageError
+from jwt_guide.http.jwks_app import build_jwks
+from jwt_guide.keystore import (
     KEYRING_FILE,
     NEXT_PRIVATE_KEY_FILE,
     encrypted_pem,
@@ -105,7 +107,7 @@ def test_prune_after_max_age_needs_no_force(
     config = load_config()
     ring = read_keyring(keys_dir, config.kid)
     later = datetime.now(UTC) + timedelta(days=1, seconds=5)
-    pruned = gen.prune(config, ring, force=False, now=later)
+    pruned = rotation.prune(config, ring, force=False, now=later)
     assert [r.kid for r in pruned] == ["my-key-id"]
 
 
@@ -369,8 +371,8 @@ def scenario(
 
     def target() -> int:  # runs in a forked child: the patches die with it
         rsa.generate_private_key = lambda **_: other_private_key
-        gen.encrypted_pem = lambda *_: pem  # type: ignore[attr-defined]
-        gen.utc_now = lambda: FIXED_TIME  # type: ignore[attr-defined]
+        rotation.encrypted_pem = lambda *_: pem  # type: ignore[attr-defined]
+        rotation.utc_now = lambda: FIXED_TIME  # type: ignore[attr-defined]
         return gen.main(argv)
 
     after_dir = tmpfs_path / "after"

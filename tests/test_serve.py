@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import requests
 
-import serve
+from jwt_guide.http import serve
 from tests.conftest import ROOT, assert_clean_error, free_port, run_script, script_env
 
 pytestmark = pytest.mark.e2e
@@ -32,7 +32,8 @@ SHORT_TIMEOUT = 2
 WAIT_CLOSED = 10.0  # far above SHORT_TIMEOUT: only a connection never closed fails
 # Start serve.py with a shorter READ_TIMEOUT_SECONDS, as monkeypatch would in process.
 SHORT_TIMEOUT_SERVE = (
-    f"import sys, serve; serve.READ_TIMEOUT_SECONDS = {SHORT_TIMEOUT}; sys.exit(serve.main())"
+    "import sys; from jwt_guide.http import serve; "
+    f"serve.READ_TIMEOUT_SECONDS = {SHORT_TIMEOUT}; sys.exit(serve.main())"
 )
 # Run make with SIGINT at its default action even if pytest was started with it ignored (a
 # background job of a script): make then ignores SIGINT too, which is not what a user has.
@@ -137,7 +138,7 @@ def start_serve(keys_dir: Path, tmp_path: Path) -> Iterator[ServeFactory]:
         log = tmp_path / f"serve-{len(started)}.log"
         with log.open("wb") as out:
             process = subprocess.Popen(
-                list(command) or [sys.executable, str(ROOT / "serve.py")],
+                list(command) or [sys.executable, "-m", "jwt_guide.http.serve"],
                 env=env, stdout=out, stderr=subprocess.STDOUT, cwd=tmp_path,
             )  # fmt: skip
         server = Serve(process, jwks_port, protected_port, log)
@@ -151,7 +152,7 @@ def start_serve(keys_dir: Path, tmp_path: Path) -> Iterator[ServeFactory]:
 
 
 def test_granian_command_holds_the_limits() -> None:
-    command = serve.granian_command("serve:jwks_app", "127.0.0.1", 3344, 2)
+    command = serve.granian_command("jwt_guide.http.serve:jwks_app", "127.0.0.1", 3344, 2)
     options = dict(itertools.pairwise(command))
     assert options["--http"] == "1"  # no HTTP/2 without TLS ("auto" speaks h2c)
     timeout_ms = int(options["--http1-header-read-timeout"])
@@ -222,10 +223,11 @@ def test_sigint_to_make_alone_stops_make_serve(start_serve: ServeFactory) -> Non
     # notice that make is exiting. -o: never reinstall the venv from a test.
     server = start_serve(
         sys.executable, "-c", EXEC_WITH_SIGINT, "make", "--no-print-directory", "-C", str(ROOT),
-        "-o", ".venv/.installed", "serve", f"PY={sys.executable}",
+        "-o", ".venv/.installed-runtime", "-o", ".venv/.installed-serve", "serve",
+        f"PY={sys.executable}",
     )  # fmt: skip
     [serve_py] = [p for p in server.seen if Path(f"/proc/{p}/cmdline").read_bytes().endswith(
-        b"serve.py\0")]  # fmt: skip
+        b"jwt_guide.http.serve\0")]  # fmt: skip
     server.process.send_signal(signal.SIGINT)  # to make's process only, not its group
     assert server.process.wait(20) == -signal.SIGINT
     text = server.output()
@@ -336,7 +338,7 @@ def test_headers_far_past_the_buffer_are_refused_by_granian(start_serve: ServeFa
 
 
 def test_serve_bad_setting_is_one_line(keys_dir: Path) -> None:
-    result = run_script("serve.py", env=script_env(JWKS_PORT="abc"))
+    result = run_script("-m", "jwt_guide.http.serve", env=script_env(JWKS_PORT="abc"))
     assert result.returncode == 2
     assert result.stderr.strip() == "serve: JWKS_PORT='abc' is not a whole number"
     assert_clean_error(result.stdout + result.stderr)

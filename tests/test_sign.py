@@ -18,8 +18,8 @@ from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 
 import sign
 import verify
-from config import DEFAULT_ISSUER, DEFAULT_KID
-from keystore import KEYRING_FILE
+from jwt_guide.config import DEFAULT_ISSUER, DEFAULT_KID
+from jwt_guide.keystore import KEYRING_FILE
 from tests.conftest import ROOT, assert_clean_error, open_fifo_writer, script_env
 
 NOW = 1_700_000_000

@@ -27,8 +27,11 @@ from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 import gen
 import sign
 import verify
-from config import DEFAULT_ISSUER, DEFAULT_KID, DEFAULT_PASSPHRASE
-from keystore import KEYRING_FILE, NEXT_PRIVATE_KEY_FILE, load_private_key
+from jwt_guide import tokens as tokens_module
+from jwt_guide.config import DEFAULT_ISSUER, DEFAULT_KID, DEFAULT_PASSPHRASE
+from jwt_guide.errors import InvalidToken
+from jwt_guide.keystore import KEYRING_FILE, NEXT_PRIVATE_KEY_FILE, load_private_key
+from jwt_guide.tokens import HeaderCache, parse_token
 from tests.conftest import ROOT, TokenFactory, assert_clean_error, open_fifo_writer, script_env
 
 HOUR = 3600
@@ -306,7 +309,7 @@ def test_algorithm_is_refused_before_the_key_is_used(
     def no_signature_check(*args: object) -> bool:
         raise AssertionError("the signature was checked before the algorithm")
 
-    monkeypatch.setattr(verify, "signature_is_valid", no_signature_check)
+    monkeypatch.setattr(tokens_module, "signature_is_valid", no_signature_check)
     code, _, err = run(["--token", build(tokens)], capsys)
     assert code == 1
     assert_reason(error_line(err), "algorithm")
@@ -784,19 +787,21 @@ def test_header_cache_is_bounded_in_bytes(passing: bool, tokens: Tokens) -> None
     signature = b64(bytes(512))
     payload = b64(json.dumps(tokens.claims()).encode())
 
+    cache = HeaderCache()
+
     def parse_all() -> None:
         for n in range(600):
             header = {"alg": "RS256" if passing else "none", "kid": f"{n:06}" + "k" * 4400}
             try:
-                verify.parse_token(f"{b64(json.dumps(header).encode())}.{payload}.{signature}")
-            except verify.VerificationError:
+                parse_token(f"{b64(json.dumps(header).encode())}.{payload}.{signature}", cache)
+            except InvalidToken:
                 assert not passing
 
     assert _memory_growth(parse_all) < 512 * 1024
 
 
 def test_header_cache_keeps_only_checked_headers() -> None:
-    cache = verify.HeaderCache(max_entries=3, max_bytes=100)
+    cache = HeaderCache(max_entries=3, max_bytes=100)
     for n in range(5):
         cache.put(f"h{n}", {})
     assert len(cache) <= 3

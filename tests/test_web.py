@@ -1,4 +1,4 @@
-"""web.py in process: the serving limits of both apps (``app.test_client``), and the
+"""devserver.py in process: the serving limits of both apps (``app.test_client``), and the
 development server run in a thread with a short request deadline."""
 
 from __future__ import annotations
@@ -18,8 +18,9 @@ from flask import Flask
 
 import jwks_server
 import protected_server
-import web
-from config import AppError, UsageError, load_config
+from jwt_guide.config import load_config
+from jwt_guide.errors import JwtGuideError, UsageError
+from jwt_guide.http import devserver, limits
 from tests.conftest import TokenFactory
 from tests.test_dev_server import get, raw_exchange
 
@@ -36,25 +37,25 @@ def app(request: pytest.FixtureRequest, keys_dir: Path) -> Flask:
 
 
 def test_production_deadline_is_at_most_30_seconds() -> None:
-    assert 0 < web.REQUEST_TIMEOUT <= 30
+    assert 0 < devserver.REQUEST_TIMEOUT <= 30
 
 
 def test_loggable_escapes_everything_but_printable_ascii_and_bounds_length() -> None:
     text = '\x1b[2J\r\n"\\\x00\x7f\x9b\xe9\u202e\U0001f600' + "a" * 1000
-    logged = web.loggable(text)
+    logged = devserver.loggable(text)
     assert logged.isascii() and logged.isprintable()
     assert "\x1b" not in logged and '"' not in logged
     assert logged.startswith("\\x1b[2J\\x0d\\x0a\\x22\\x5c\\x00\\x7f\\x9b\\xe9")
     assert logged.endswith("...")
-    assert len(logged) < 4 * web.MAX_LOGGED + 10
+    assert len(logged) < 4 * devserver.MAX_LOGGED + 10
 
 
 def test_headers_over_64_kib_in_all_get_a_json_431(app: Flask) -> None:
     client = app.test_client()
-    base = web.header_bytes(client.get("/", headers={"X-Pad": ""}).request.environ)
-    at_limit = {"X-Pad": "p" * (web.MAX_HEADER_BYTES - base)}
+    base = limits.header_bytes(client.get("/", headers={"X-Pad": ""}).request.environ)
+    at_limit = {"X-Pad": "p" * (limits.MAX_HEADER_BYTES - base)}
     sent = client.get("/", headers=at_limit).request.environ
-    assert web.header_bytes(sent) == web.MAX_HEADER_BYTES
+    assert limits.header_bytes(sent) == limits.MAX_HEADER_BYTES
     over = {"X-Pad": at_limit["X-Pad"] + "p"}
     for path in ("/keys", "/.well-known/jwks.json", "/with-auth", "/nowhere"):
         assert client.get(path, headers=at_limit).status_code != 431, path
@@ -62,7 +63,7 @@ def test_headers_over_64_kib_in_all_get_a_json_431(app: Flask) -> None:
         assert refused.status_code == 431, path
         assert refused.json == {
             "error": "invalid_request",
-            "error_description": f"request headers over {web.MAX_HEADER_BYTES} bytes in all",
+            "error_description": f"request headers over {limits.MAX_HEADER_BYTES} bytes in all",
         }
 
 
@@ -102,7 +103,7 @@ def test_a_bad_bind_host_names_jwt_bind_host(keys_dir: Path) -> None:
     app = jwks_server.create_app(load_config())
     for host in ("nonexistent.invalid", "999.1.1.1"):
         with pytest.raises(UsageError, match="JWT_BIND_HOST") as refused:
-            web.make_dev_server(app, host, 0, "JWKS_PORT")
+            devserver.make_dev_server(app, host, 0, "JWKS_PORT")
         assert "JWKS_PORT" not in str(refused.value)
 
 
@@ -112,8 +113,8 @@ def test_a_taken_port_names_the_port_variable(keys_dir: Path) -> None:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        with pytest.raises(AppError, match="JWKS_PORT") as refused:
-            web.make_dev_server(app, "127.0.0.1", port, "JWKS_PORT")
+        with pytest.raises(JwtGuideError, match="JWKS_PORT") as refused:
+            devserver.make_dev_server(app, "127.0.0.1", port, "JWKS_PORT")
     assert "JWT_BIND_HOST" not in str(refused.value)
     assert not isinstance(refused.value, UsageError)
 
@@ -126,8 +127,7 @@ def test_ctrl_c_while_starting_exits_130(
 
     monkeypatch.setattr(protected_server, "create_app", interrupted)
     assert protected_server.main([]) == 130
-    out, err = capsys.readouterr()
-    assert out + err == ""
+    assert capsys.readouterr() == ("", "protected_server: interrupted\n")
 
 
 def test_ctrl_c_while_serving_exits_130(keys_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -138,17 +138,17 @@ def test_ctrl_c_while_serving_exits_130(keys_dir: Path, monkeypatch: pytest.Monk
         def server_close(self) -> None:
             pass
 
-    monkeypatch.setattr(web, "make_dev_server", lambda *_: Interrupted())
+    monkeypatch.setattr(devserver, "make_dev_server", lambda *_: Interrupted())
     with pytest.raises(SystemExit) as stopped:
-        web.run_dev_server(Flask(__name__), "127.0.0.1", 0, "JWKS_PORT", "banner")
+        devserver.run_dev_server(Flask(__name__), "127.0.0.1", 0, "JWKS_PORT", "banner")
     assert stopped.value.code == 130
 
 
 @pytest.fixture
-def dev_server(keys_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[web.DevServer]:
+def dev_server(keys_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[devserver.DevServer]:
     """The JWKS app under the development server, in a thread, with a 0.5 s deadline."""
-    monkeypatch.setattr(web, "REQUEST_TIMEOUT", SHORT_DEADLINE)
-    server = web.make_dev_server(
+    monkeypatch.setattr(devserver, "REQUEST_TIMEOUT", SHORT_DEADLINE)
+    server = devserver.make_dev_server(
         jwks_server.create_app(load_config()), "127.0.0.1", 0, "JWKS_PORT"
     )
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
@@ -179,7 +179,7 @@ def _closed_by_server(sock: socket.socket, drip: bytes = b"") -> bool:
     ids=["silent", "stalled-mid-request", "dripping-headers"],
 )
 def test_slow_connections_are_closed_at_the_deadline(
-    dev_server: web.DevServer, sent: bytes, drip: bytes, caplog: pytest.LogCaptureFixture
+    dev_server: devserver.DevServer, sent: bytes, drip: bytes, caplog: pytest.LogCaptureFixture
 ) -> None:
     with socket.create_connection(("127.0.0.1", dev_server.port), timeout=TIMEOUT) as sock:
         sock.sendall(sent)
@@ -192,9 +192,9 @@ def test_slow_connections_are_closed_at_the_deadline(
 def test_connections_beyond_the_limit_wait_for_a_free_slot(
     keys_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(web, "connection_limit", lambda: 2)
-    monkeypatch.setattr(web, "REQUEST_TIMEOUT", SHORT_DEADLINE)
-    server = web.make_dev_server(jwks_server.create_app(load_config()), "127.0.0.1", 0, "P")
+    monkeypatch.setattr(devserver, "connection_limit", lambda: 2)
+    monkeypatch.setattr(devserver, "REQUEST_TIMEOUT", SHORT_DEADLINE)
+    server = devserver.make_dev_server(jwks_server.create_app(load_config()), "127.0.0.1", 0, "P")
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
     thread.start()
     try:
@@ -215,7 +215,7 @@ def test_connections_beyond_the_limit_wait_for_a_free_slot(
     ids=["quote-backslash", "controls", "not-utf-8", "json-breaker", "unicode-escape"],
 )
 def test_error_body_is_valid_json_whatever_the_request_line(
-    dev_server: web.DevServer, line: bytes, caplog: pytest.LogCaptureFixture
+    dev_server: devserver.DevServer, line: bytes, caplog: pytest.LogCaptureFixture
 ) -> None:
     answer = raw_exchange(dev_server.port, line + b"\r\n\r\n")
     assert answer.status == 400
@@ -231,7 +231,7 @@ def test_out_of_descriptors_pauses_the_accept_loop(
 ) -> None:
     """accept() failing with EMFILE leaves the listening socket readable: without a pause,
     the loop would spin at 100% CPU until a descriptor frees up."""
-    server = web.make_dev_server(jwks_server.create_app(load_config()), "127.0.0.1", 0, "P")
+    server = devserver.make_dev_server(jwks_server.create_app(load_config()), "127.0.0.1", 0, "P")
     pauses: list[float] = []
     monkeypatch.setattr(time, "sleep", pauses.append)
 
@@ -245,6 +245,6 @@ def test_out_of_descriptors_pauses_the_accept_loop(
                 server.get_request()
     finally:
         server.server_close()
-    assert pauses == sorted(pauses) and pauses[0] > 0 and pauses[-1] == web.MAX_ACCEPT_DELAY
+    assert pauses == sorted(pauses) and pauses[0] > 0 and pauses[-1] == devserver.MAX_ACCEPT_DELAY
     assert caplog.text.count("cannot accept connections") == 1
     assert server.slots.acquire(blocking=False)  # every slot taken for accept() came back

@@ -23,15 +23,17 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from types import FrameType
 
-from config import AppError, ArgumentParser, Config, load_config
+from jwt_guide.cli import ArgumentParser
+from jwt_guide.config import Config, load_config
+from jwt_guide.errors import JwtGuideError
 
-HERE = Path(__file__).resolve().parent
+ROOT = Path(__file__).resolve().parent.parent  # the guide's scripts
 READY_SECONDS = 20
 STOP_SECONDS = 5
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
 
 
-class StepFailed(AppError):
+class StepFailed(JwtGuideError):
     """A step of the guide exited with an error."""
 
 
@@ -45,7 +47,7 @@ class Stopped(Exception):
 
 def _start(script: str) -> subprocess.Popen[bytes]:
     # A session of its own: Ctrl-C in the terminal reaches the demo, which stops the script.
-    return subprocess.Popen([sys.executable, str(HERE / script)], start_new_session=True)  # noqa: S603
+    return subprocess.Popen([sys.executable, str(ROOT / script)], start_new_session=True)  # noqa: S603
 
 
 def _stop(process: subprocess.Popen[bytes]) -> None:
@@ -134,14 +136,14 @@ def _raise_stopped(signum: int, frame: FrameType | None) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the demo; return the exit code."""
     ArgumentParser(
-        prog="demo.py",
+        prog="tools/demo.py",
         description="Run the whole guide end to end (make demo), honouring the environment "
         "variables of config.py, and stop the servers it started.",
     ).parse_args(argv)
     previous = {signum: signal.signal(signum, _raise_stopped) for signum in STOP_SIGNALS}
     try:
         run(load_config())
-    except AppError as e:
+    except JwtGuideError as e:
         print(f"demo: {e}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:

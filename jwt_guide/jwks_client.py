@@ -1,4 +1,4 @@
-"""The protected server's JWKS client: the guide's ``jwks-rsa`` (cache + rate limit), hardened.
+"""A JWKS client: the guide's ``jwks-rsa`` (cache + rate limit), hardened; a key source.
 
 Why not PyJWT's ``PyJWKClient``: it has a cache and one refetch on an unknown ``kid``, but no
 limit on fetches, no single flight for concurrent requests, no body size cap, no use of stale
@@ -30,8 +30,11 @@ Behaviour (see the README's SECURITY section):
   over 33 bits (BoringSSL's limits), or shares a ``kid``, is skipped and logged; the rest of
   the set is used;
 - after a failed fetch the previous keys stay in use for up to ``STALE_IF_ERROR_SECONDS``
-  past their expiry; with no keys at all, ``JwksUnavailable`` says when the next fetch may
+  past their expiry; with no keys at all, ``KeysUnavailable`` says when the next fetch may
   start.
+
+Every ``JwksClient`` owns its state: its cache, its fetch allowance and the threads its
+fetches run in. Two clients (two issuers) in one process share nothing.
 """
 
 from __future__ import annotations
@@ -48,7 +51,7 @@ from collections import deque
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import requests
@@ -57,9 +60,11 @@ from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey, RSAPubli
 from jwt.utils import from_base64url_uint
 from requests.utils import get_environ_proxies
 
-from verify import ALGORITHM
+from jwt_guide.errors import InvalidToken, JwtGuideError, KeysUnavailable
+from jwt_guide.keys import PublishedKey, no_kid
+from jwt_guide.tokens import ALGORITHM
 
-USER_AGENT = "jwt-asymmetric-guide-jwks-client/0.1"
+USER_AGENT = "jwt-guide-jwks-client/0.1"
 FETCH_TIMEOUT = 5.0
 MAX_JWKS_BYTES = 256 * 1024
 MIN_CACHE_SECONDS = 10
@@ -75,26 +80,8 @@ LOGGED_SKIPS = 5  # skipped entries named in the one log line of a fetch
 log = logging.getLogger(__name__)
 
 
-class FetchError(Exception):
+class FetchError(JwtGuideError):
     """Raised when the JWKS could not be fetched or is not a usable key set."""
-
-
-class JwksUnavailable(Exception):
-    """Raised when no key can be had: the JWKS is unreachable and nothing is cached."""
-
-    def __init__(self, retry_after: int) -> None:
-        super().__init__(f"the key set is unavailable; retry in {retry_after} s")
-        self.retry_after = retry_after
-
-
-@dataclass(frozen=True)
-class PublishedKey:
-    """A verification key from the JWKS; equal to another only if kid, n and e are equal."""
-
-    kid: str
-    n: str
-    e: str
-    key: RSAPublicKey = field(compare=False, repr=False)
 
 
 # A fetch returns the parsed JSON document and the server's max-age, if it sent one.
@@ -150,23 +137,6 @@ def http_fetch(uri: str) -> tuple[Any, float | None]:
         return json.loads(bytes(body).decode("utf-8")), max_age
     except (ValueError, RecursionError):
         raise FetchError(f"{uri} did not answer JSON") from None
-
-
-_FETCH_THREADS = ThreadPoolExecutor(max_workers=4, thread_name_prefix="jwks-fetch")
-
-
-def bounded_fetch(uri: str) -> tuple[Any, float | None]:
-    """``http_fetch`` with a hard deadline of ``FETCH_TIMEOUT`` for the whole exchange.
-
-    requests' timeouts bound each socket operation, not the total, so the fetch runs in a
-    worker thread and is abandoned at the deadline (the thread ends at its own next check).
-    Raises FetchError as ``http_fetch`` does, and when the deadline passes.
-    """
-    future = _FETCH_THREADS.submit(http_fetch, uri)
-    try:
-        return future.result(timeout=FETCH_TIMEOUT)
-    except FutureTimeout:
-        raise FetchError(f"{uri} took more than {FETCH_TIMEOUT:g} s") from None
 
 
 # --- the entries of a key set ---------------------------------------------------------------
@@ -332,7 +302,10 @@ class _Snapshot:
 
 
 class JwksClient:
-    """Finds verification keys by ``kid`` in a remote JWKS; safe to share between threads."""
+    """Finds verification keys by ``kid`` in a remote JWKS; safe to share between threads.
+
+    ``fetch`` replaces the HTTP fetch (tests inject one), ``clock`` the monotonic clock.
+    """
 
     def __init__(
         self,
@@ -348,7 +321,9 @@ class JwksClient:
         self.cache_seconds = cache_seconds
         self.spacing = 60 / requests_per_minute
         self.fetches = 0
-        self._fetch: Fetcher = fetch or bounded_fetch
+        self._fetch: Fetcher = fetch or self.bounded_fetch
+        # Created lazily by the pool, and gone with this client: no thread is shared.
+        self._threads = ThreadPoolExecutor(max_workers=4, thread_name_prefix="jwks-fetch")
         self._clock = clock
         self._random = rng or random.Random()  # noqa: S311 (jitter, not a secret)
         self._lock = threading.Lock()
@@ -357,10 +332,36 @@ class JwksClient:
         self._spaced_until = -math.inf
         self._failures = 0  # failed fetches in a row
 
+    def bounded_fetch(self, uri: str) -> tuple[Any, float | None]:
+        """``http_fetch`` with a hard deadline of ``FETCH_TIMEOUT`` for the whole exchange.
+
+        requests' timeouts bound each socket operation, not the total, so the fetch runs in
+        a worker thread and is abandoned at the deadline (the thread ends at its own next
+        check). Raises FetchError as ``http_fetch`` does, and when the deadline passes.
+        """
+        future = self._threads.submit(http_fetch, uri)
+        try:
+            return future.result(timeout=FETCH_TIMEOUT)
+        except FutureTimeout:
+            raise FetchError(f"{uri} took more than {FETCH_TIMEOUT:g} s") from None
+
+    def key_for(self, kid: str | None) -> PublishedKey:
+        """The key for a token's ``kid`` (the ``KeySource`` interface of a ``Verifier``).
+
+        Raises InvalidToken (``malformed`` without a ``kid``, ``unknown kid``), and
+        KeysUnavailable as ``get_key`` does.
+        """
+        if kid is None:
+            raise no_kid()
+        key = self.get_key(kid)
+        if key is None:
+            raise InvalidToken("unknown kid", "no key in the JWKS has this kid")
+        return key
+
     def get_key(self, kid: str) -> PublishedKey | None:
         """The key for ``kid``, fetching the JWKS if needed and allowed; None if unknown.
 
-        Raises JwksUnavailable when no key set could ever be had (nothing cached).
+        Raises KeysUnavailable when no key set could ever be had (nothing cached).
         """
         snapshot = self._snapshot
         now = self._clock()
@@ -379,7 +380,7 @@ class JwksClient:
         with self._lock:
             snapshot = self._refresh(snapshot)
         if snapshot is None:
-            raise JwksUnavailable(self.retry_after())
+            raise KeysUnavailable(self.retry_after())
         return snapshot.keys.get(kid)
 
     def refresh_key(self, used: PublishedKey) -> PublishedKey | None:
@@ -390,7 +391,7 @@ class JwksClient:
         a fetch is allowed now, and then the spacing starts, so that forged signatures cannot
         cause more fetches than unknown ``kid``s can. Returns ``used`` itself when nothing
         changed or no fetch was allowed or it failed; None when the ``kid`` is gone. Never
-        raises JwksUnavailable (a key was there).
+        raises KeysUnavailable (a key was there).
         """
         with self._lock:
             snapshot = self._snapshot

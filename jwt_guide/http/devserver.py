@@ -1,16 +1,9 @@
-"""What both servers share: JSON errors, the serving limits, and the development server.
+"""The development server both guide servers run on (the guide's Express ``listen``).
 
-Errors are rendered by one ``errorhandler(HTTPException)``: every error, 404 and 405
-included, is ``{"error": ..., "error_description": ...}`` with the headers the exception
-carries (``WWW-Authenticate``, ``Retry-After``). An unexpected exception is not caught here:
-Flask answers a bare 500 (never a stack trace) and logs it.
-
-The serving limits of SPEC.md are held at two levels. ``apply_serving_limits`` (installed
-by both ``create_app``, so it holds under every WSGI server) answers 431 to request headers
-over 64 KiB in all and never lets routing build a redirect from the ``Host`` header. The
-development server (``run_dev_server``) adds what only an HTTP server can do: a deadline
-for reading each request, JSON answers and one escaped log line for malformed requests,
-and a bound on connections below the descriptor limit.
+werkzeug's threaded server, with what SPEC.md's serving limits need from an HTTP server
+(the apps hold the rest, see jwt_guide.http.limits): a deadline for reading each request,
+JSON answers and one escaped log line for malformed requests, and a bound on connections
+below the descriptor limit. ``make serve`` runs the same apps under granian instead.
 """
 
 from __future__ import annotations
@@ -22,18 +15,14 @@ import json as stdlib_json
 import logging
 import re
 import resource
-import signal
 import socket
 import threading
 import time
-from collections.abc import Iterable
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from flask import Flask, Response, json, request
-from werkzeug.exceptions import HTTPException, NotFound
-from werkzeug.routing import RequestRedirect
+from flask import Flask
 from werkzeug.serving import (
     ThreadedWSGIServer,
     WSGIRequestHandler,
@@ -41,14 +30,15 @@ from werkzeug.serving import (
     select_address_family,
 )
 
-from config import AppError, UsageError
+from jwt_guide.cli import EXIT_INTERRUPTED
+from jwt_guide.errors import JwtGuideError, UsageError
+from jwt_guide.http.errors import error_code
+from jwt_guide.http.limits import MAX_HEADER_BYTES
 
 if TYPE_CHECKING:
     from _typeshed import WriteableBuffer
-    from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
+    from _typeshed.wsgi import WSGIApplication
 
-MAX_DESCRIPTION = 200
-MAX_HEADER_BYTES = 64 * 1024  # SPEC "Serving limits": request headers over 64 KiB in all: 431
 # A connection has this long to send its request (line, headers and body) and this long
 # again for each write of the answer; a silent or stalled one is closed when it runs out.
 REQUEST_TIMEOUT = 30.0
@@ -62,7 +52,6 @@ LINGER_SECONDS = 1.0
 LINGER_BYTES = 4 * 1024 * 1024
 MAX_ACCEPT_DELAY = 1.0
 SLOT_WAIT = 0.5
-EXIT_INTERRUPTED = 128 + signal.SIGINT  # what a shell reports for a command ended by Ctrl-C
 BIND_HOST_VARIABLE = "JWT_BIND_HOST"
 
 # Everything outside printable ASCII, the backslash and the double quote (which delimits
@@ -82,106 +71,11 @@ _OUT_OF_DESCRIPTORS = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
 _PORT_ERRORS = {errno.EADDRINUSE, errno.EACCES}
 
 
-def error_code(status: int) -> str:
-    """The ``error`` member for a status without a more precise one (``not_found``...)."""
-    return {
-        400: "invalid_request",
-        401: "unauthorized",
-        404: "not_found",
-        405: "method_not_allowed",
-        503: "temporarily_unavailable",
-    }.get(status, "server_error" if status >= 500 else "invalid_request")
-
-
-class ApiError(HTTPException):
-    """An HTTP error with an RFC 6750 style ``error`` code and extra headers."""
-
-    def __init__(
-        self,
-        code: int,
-        description: str,
-        error: str | None = None,
-        headers: Iterable[tuple[str, str]] = (),
-    ) -> None:
-        super().__init__(description[:MAX_DESCRIPTION])
-        self.code = code
-        self.error = error or error_code(code)
-        self.extra_headers = list(headers)
-
-
-def render_error(e: HTTPException) -> Response:
-    """Render any HTTPException as the project's JSON error body."""
-    status = e.code or 500
-    body = {
-        "error": getattr(e, "error", None) or error_code(status),
-        "error_description": (e.description or e.name)[:MAX_DESCRIPTION],
-    }
-    response = Response(json.dumps(body), status=status, mimetype="application/json")
-    for name, value in getattr(e, "extra_headers", ()):
-        response.headers[name] = value
-    response.headers.extend((k, v) for k, v in e.get_headers() if k == "Allow")
-    return response
-
-
-def add_json_errors(app: Flask) -> None:
-    """Render every HTTP error of ``app`` as JSON."""
-    app.register_error_handler(HTTPException, render_error)
-
-
 def loggable(text: str, limit: int = MAX_LOGGED) -> str:
     """``text`` cut to ``limit`` characters, with everything but printable ASCII escaped."""
     escaped = text[:limit].translate(_ESCAPE_TABLE)
     escaped = escaped.encode("ascii", "backslashreplace").decode("ascii")
     return escaped + ("..." if len(text) > limit else "")
-
-
-def header_bytes(environ: WSGIEnvironment) -> int:
-    """The size of the request headers: their names and values, as the WSGI server passed them."""
-    total = 0
-    for key, value in environ.items():
-        if key.startswith("HTTP_"):
-            total += len(key) - 5 + len(value)
-        elif key in ("CONTENT_TYPE", "CONTENT_LENGTH"):
-            total += len(key) + len(value)
-    return total
-
-
-class HeaderLimit:
-    """WSGI middleware: 431 with a JSON body when the request headers exceed ``limit`` bytes in
-    all. HTTP servers bound each header line (and granian the whole head); this holds the
-    README's 64 KiB whatever server runs the app, before any view or the key set answer."""
-
-    def __init__(self, app: WSGIApplication, limit: int = MAX_HEADER_BYTES) -> None:
-        self.app = app
-        self.limit = limit
-
-    def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
-        """The WSGI entry point."""
-        if header_bytes(environ) <= self.limit:
-            return self.app(environ, start_response)
-        too_large = ApiError(431, f"request headers over {self.limit} bytes in all")
-        return render_error(too_large)(environ, start_response)
-
-
-def _refuse_redirects() -> None:
-    """Before each request: a routing redirect (merged slashes, a missing trailing slash)
-    would put the request's ``Host`` header in ``Location``; answer 404 instead."""
-    if isinstance(request.routing_exception, RequestRedirect):
-        raise NotFound()
-
-
-def apply_serving_limits(app: Flask) -> None:
-    """Hold the serving limits of SPEC.md in ``app``, whatever server runs it.
-
-    Call it last in ``create_app``: the header limit wraps every middleware installed
-    before it. Routing never redirects (werkzeug's merged slashes and trailing slashes build
-    ``Location`` from the ``Host`` header): such requests get a JSON 404.
-    """
-    app.url_map.merge_slashes = False
-    app.url_map.strict_slashes = False
-    app.url_map.redirect_defaults = False
-    app.before_request(_refuse_redirects)
-    app.wsgi_app = HeaderLimit(app.wsgi_app)  # type: ignore[method-assign]
 
 
 class _RequestReader(io.RawIOBase):
@@ -377,7 +271,7 @@ def connection_limit() -> int:
 
 
 def _listen(host: str, port: int, port_variable: str) -> socket.socket:
-    """A socket listening on host:port; raises AppError (the port) or UsageError (the host)."""
+    """A socket listening on host:port; raises JwtGuideError (the port) or UsageError (the host)."""
     family = select_address_family(host, port)
     listener = socket.socket(family, socket.SOCK_STREAM)
     try:
@@ -388,7 +282,7 @@ def _listen(host: str, port: int, port_variable: str) -> socket.socket:
         listener.close()
         where = f"cannot listen on {host}:{port}: {e.strerror}"
         if e.errno in _PORT_ERRORS:
-            raise AppError(f"{where}: stop what runs there or set {port_variable}") from None
+            raise JwtGuideError(f"{where}: stop what runs there or set {port_variable}") from None
         raise UsageError(
             f"{where}: set {BIND_HOST_VARIABLE} to an address of this machine "
             "(127.0.0.1, the default, or 0.0.0.0 for every address)"
@@ -399,7 +293,7 @@ def _listen(host: str, port: int, port_variable: str) -> socket.socket:
 def make_dev_server(app: WSGIApplication, host: str, port: int, port_variable: str) -> DevServer:
     """The development server for ``app``, listening on host:port (port 0: any free port).
 
-    Raises AppError naming ``port_variable`` if the port cannot be had, UsageError naming
+    Raises JwtGuideError naming ``port_variable`` if the port cannot be had, UsageError naming
     JWT_BIND_HOST if the host is not an address of this machine.
     """
     # Bound here, not by werkzeug: it prints two lines and exits on a taken port.
@@ -414,7 +308,7 @@ def run_dev_server(app: Flask, host: str, port: int, port_variable: str, banner:
     """Serve ``app`` with werkzeug's threaded development server, as the guide's Express does.
 
     The banner is printed once the port is open (like Express's ``listen`` callback), so a
-    script that waits for it can connect at once. Raises AppError or UsageError if the
+    script that waits for it can connect at once. Raises JwtGuideError or UsageError if the
     address cannot be had (see ``make_dev_server``). Ctrl-C stops it quietly: raises
     ``SystemExit(130)``, the code a shell gives a command ended by Ctrl-C.
     """

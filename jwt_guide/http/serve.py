@@ -1,8 +1,9 @@
 """Step 4 in production: the JWKS server and the protected backend under granian.
 
 The guide runs each backend as one Node.js process; ``make jwks-server`` and ``make
-protected-server`` run Flask's development server. ``make serve`` runs both apps
-(``jwks_server:create_app()`` and ``protected_server:create_app()``) under granian, a
+protected-server`` run Flask's development server. ``make serve`` (``python -m
+jwt_guide.http.serve``, from the repository) runs both apps
+(``jwt_guide.http.jwks_app:create_app()`` and ``protected_server:create_app()``) under granian, a
 WSGI server written in Rust with HTTP keep-alive, with ``SERVER_WORKERS`` worker processes
 each (default: the number of cores), on the hosts and ports of config.py. It stays in the
 foreground until Ctrl-C or SIGTERM, then stops both servers and their workers.
@@ -42,9 +43,12 @@ from types import FrameType
 from typing import NoReturn
 from wsgiref.types import WSGIApplication
 
-from config import AppError, ArgumentParser, Config, load_config
+from jwt_guide.cli import ArgumentParser, run
+from jwt_guide.config import Config, load_config
+from jwt_guide.errors import JwtGuideError
 
-HERE = Path(__file__).resolve().parent
+# The repository: protected_server.py, the guide's step 4.b, is imported from there.
+ROOT = Path(__file__).resolve().parents[2]
 READY_SECONDS = 30.0
 STOP_SECONDS = 10.0
 BLOCKING_THREADS = 1
@@ -130,8 +134,8 @@ def _in_worker(factory: str) -> WSGIApplication:
 
 
 def jwks_app() -> WSGIApplication:
-    """``jwks_server.create_app()`` in a granian worker that dies with granian's main process."""
-    return _in_worker("jwks_server:create_app")
+    """``jwks_app.create_app()`` in a granian worker that dies with granian's main process."""
+    return _in_worker("jwt_guide.http.jwks_app:create_app")
 
 
 def protected_app() -> WSGIApplication:
@@ -142,9 +146,9 @@ def protected_app() -> WSGIApplication:
 def servers(config: Config) -> list[Server]:
     """The two servers of the guide's step 4, with the guide's banners."""
     return [
-        Server("JWKS server", "serve:jwks_app", config.bind_host, config.jwks_port,
+        Server("JWKS server", "jwt_guide.http.serve:jwks_app", config.bind_host, config.jwks_port,
                f"JWKS API is on port {config.jwks_port}"),
-        Server("protected server", "serve:protected_app", config.bind_host,
+        Server("protected server", "jwt_guide.http.serve:protected_app", config.bind_host,
                config.protected_port, f"Backend is running on port {config.protected_port}"),
     ]  # fmt: skip
 
@@ -160,15 +164,15 @@ def _port_in_use(host: str, port: int) -> bool:
 def check(config: Config, planned: Sequence[Server]) -> None:
     """Refuse to start what cannot work; warn about what will answer errors.
 
-    Raises AppError if granian is missing, the two ports are the same, or a port is taken.
+    Raises JwtGuideError if granian is missing, the two ports are the same, or a port is taken.
     """
     if importlib.util.find_spec("granian") is None:
-        raise AppError("granian is not installed: run make install (or pip install granian)")
+        raise JwtGuideError("granian is not installed: run make serve (or pip install granian)")
     if config.jwks_port == config.protected_port:
-        raise AppError(f"JWKS_PORT and PROTECTED_PORT are both {config.jwks_port}: change one")
+        raise JwtGuideError(f"JWKS_PORT and PROTECTED_PORT are both {config.jwks_port}: change one")
     for server in planned:
         if _port_in_use(server.host, server.port):
-            raise AppError(
+            raise JwtGuideError(
                 f"port {server.port} on {server.host} is in use: stop what runs there "
                 f"or set {'JWKS_PORT' if server is planned[0] else 'PROTECTED_PORT'}"
             )
@@ -178,10 +182,10 @@ def check(config: Config, planned: Sequence[Server]) -> None:
 
 
 def _environment() -> dict[str, str]:
-    # The apps are imported by name: make this folder importable whatever the current
+    # The apps are imported by name: make the repository importable whatever the current
     # directory, which stays the user's so that a relative JWT_KEYS_DIR means the same thing.
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(HERE), env.get("PYTHONPATH")) if p)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
     return env
 
 
@@ -241,13 +245,13 @@ class ParentWatch:
 
 
 def wait_ready(server: Server, process: subprocess.Popen[bytes], deadline: float) -> None:
-    """Wait until ``server`` accepts connections; raises AppError if it exits or times out."""
+    """Wait until ``server`` accepts connections; raises JwtGuideError if it exits or times out."""
     while not _port_in_use(server.host, server.port):
         code = process.poll()
         if code is not None:
-            raise AppError(f"the {server.title} exited with code {code} while starting")
+            raise JwtGuideError(f"the {server.title} exited with code {code} while starting")
         if time.monotonic() > deadline:
-            raise AppError(f"the {server.title} did not open port {server.port} in time")
+            raise JwtGuideError(f"the {server.title} did not open port {server.port} in time")
         time.sleep(0.1)
 
 
@@ -272,22 +276,22 @@ def _raise_stop(signum: int, frame: FrameType | None) -> None:
 
 def supervise(running: Running, parent: ParentWatch) -> NoReturn:
     """Block until a stop signal, or until make, our parent, exits on one (raises Stop);
-    raises AppError if a server exits on its own."""
+    raises JwtGuideError if a server exits on its own."""
     while True:
         for server, process in running:
             code = process.poll()
             if code is not None:
-                raise AppError(f"the {server.title} exited with code {code}: stopping")
+                raise JwtGuideError(f"the {server.title} exited with code {code}: stopping")
         signum = parent.exiting_on()
         if signum is not None:
             raise Stop(signum)
         time.sleep(0.5)
 
 
-def run(config: Config) -> int:
+def serve(config: Config) -> int:
     """Start both servers, print the guide's banners, and serve until a stop signal.
 
-    Returns the signal that stopped them. Raises AppError if they cannot start or one exits.
+    Returns the signal that stopped them. Raises JwtGuideError if they cannot start or one exits.
     """
     planned = servers(config)
     check(config, planned)
@@ -318,7 +322,7 @@ def run(config: Config) -> int:
 def build_parser() -> argparse.ArgumentParser:
     """The command line of make serve."""
     return ArgumentParser(
-        prog="serve.py",
+        prog="python -m jwt_guide.http.serve",
         description="Serve the JWKS (step 4.a, http://$JWT_BIND_HOST:$JWKS_PORT/keys, default "
         "127.0.0.1:3344) and the protected backend (step 4.b, $PROTECTED_PORT, default 2233) "
         "under granian, a production WSGI server, with $SERVER_WORKERS workers each (default: "
@@ -329,15 +333,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run make serve; return the exit code."""
     build_parser().parse_args(argv)
-    try:
-        stopped_by = run(load_config())
-    except AppError as e:
-        print(f"serve: {e}", file=sys.stderr)
-        return e.exit_code
-    except KeyboardInterrupt:  # Ctrl-C before the servers start: nothing to stop
-        return 130
     # Ctrl-C (also make's, see ParentWatch) exits 130 as in every script; SIGTERM is a request.
-    return 130 if stopped_by == signal.SIGINT else 0
+    return run("serve", lambda: 130 if serve(load_config()) == signal.SIGINT else 0)
 
 
 if __name__ == "__main__":

@@ -42,7 +42,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey, RSAPublicKey
 from jwcrypto.jwk import JWK
 
-from config import PRIVATE_KEY_FILE, PUBLIC_KEY_FILE, TOKEN_FILE, AppError, UsageError
+from jwt_guide.config import PRIVATE_KEY_FILE, PUBLIC_KEY_FILE, TOKEN_FILE
+from jwt_guide.errors import JwtGuideError, UsageError
 
 KEYRING_FILE = ".keys.json"
 NEXT_PRIVATE_KEY_FILE = ".next.private.key"
@@ -114,32 +115,32 @@ def public_pem(key: RSAPublicKey) -> str:
 def load_public_key(path: Path) -> RSAPublicKey:
     """Load an RSA public key from a PEM file.
 
-    Raises UsageError if the file is missing, AppError if it holds no RSA public key.
+    Raises UsageError if the file is missing, JwtGuideError if it holds no RSA public key.
     """
     try:
         data = path.read_bytes()
     except FileNotFoundError:
         raise UsageError(f"no public key at {path}: run gen.py first") from None
     except OSError as e:
-        raise AppError(f"cannot read public key {path}: {e.strerror}") from None
+        raise JwtGuideError(f"cannot read public key {path}: {e.strerror}") from None
     return public_key_from_pem(data, str(path))
 
 
 def public_key_from_pem(data: bytes, where: str) -> RSAPublicKey:
-    """Parse SPKI PEM ``data``; raises AppError naming ``where`` if it is not an RSA key."""
+    """Parse SPKI PEM ``data``; raises JwtGuideError naming ``where`` if it is not an RSA key."""
     try:
         key = serialization.load_pem_public_key(data)
     except ValueError:
-        raise AppError(f"{where} is not a PEM public key") from None
+        raise JwtGuideError(f"{where} is not a PEM public key") from None
     if not isinstance(key, RSAPublicKey):
-        raise AppError(f"{where} is not an RSA public key")
+        raise JwtGuideError(f"{where} is not an RSA public key")
     return key
 
 
 def load_private_key(path: Path, passphrase: str) -> RSAPrivateKey:
     """Load and decrypt an RSA private key.
 
-    Raises UsageError if the file is missing, AppError if the passphrase is wrong or the file
+    Raises UsageError if the file is missing, JwtGuideError if the passphrase is wrong or the file
     is not an encrypted RSA private key. The passphrase never appears in a message.
     """
     try:
@@ -147,15 +148,15 @@ def load_private_key(path: Path, passphrase: str) -> RSAPrivateKey:
     except FileNotFoundError:
         raise UsageError(f"no private key at {path}: run gen.py first") from None
     except OSError as e:
-        raise AppError(f"cannot read private key {path}: {e.strerror}") from None
+        raise JwtGuideError(f"cannot read private key {path}: {e.strerror}") from None
     try:
         key = serialization.load_pem_private_key(data, passphrase.encode())
     except (ValueError, TypeError):
-        raise AppError(
+        raise JwtGuideError(
             f"cannot decrypt {path}: wrong passphrase (JWT_PASSPHRASE) or not an encrypted key"
         ) from None
     if not isinstance(key, RSAPrivateKey):
-        raise AppError(f"{path} is not an RSA private key")
+        raise JwtGuideError(f"{path} is not an RSA private key")
     return key
 
 
@@ -202,7 +203,7 @@ def read_keyring(keys_dir: Path, default_kid: str) -> Keyring:
     """Read the key ring, with the current key taken from ``.public.key.pem``.
 
     Without ``.keys.json`` (the guide's two files alone) the current key gets
-    ``default_kid``. Raises AppError if ``.keys.json`` is corrupt or the public key invalid.
+    ``default_kid``. Raises JwtGuideError if ``.keys.json`` is corrupt or the public key invalid.
     """
     paths = [keys_dir / KEYRING_FILE, keys_dir / PUBLIC_KEY_FILE]
     return _read_consistently(paths, lambda: _read_keyring(keys_dir, default_kid))
@@ -216,7 +217,7 @@ def _read_keyring(keys_dir: Path, default_kid: str) -> Keyring:
     except FileNotFoundError:
         stored = ()
     except (OSError, ValueError, TypeError, KeyError) as e:
-        raise AppError(f"{path} is corrupt ({e}): repair it or run gen.py --force") from None
+        raise JwtGuideError(f"{path} is corrupt ({e}): repair it or run gen.py --force") from None
     public_path = keys_dir / PUBLIC_KEY_FILE
     if not public_path.exists():
         return Keyring(tuple(r for r in stored if r.state != "current"))
@@ -249,7 +250,8 @@ def _mtime(path: Path) -> str:
     return datetime.fromtimestamp(path.stat().st_mtime, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _stamps(paths: Sequence[Path]) -> tuple[tuple[int, ...] | None, ...]:
+def file_stamps(paths: Sequence[str | Path]) -> tuple[tuple[int, ...] | None, ...]:
+    """What ``stat`` says of each file (None if missing): different after any replacement."""
     stamps: list[tuple[int, ...] | None] = []
     for path in paths:
         try:
@@ -267,9 +269,9 @@ def _read_consistently(paths: Sequence[Path], read: Callable[[], T]) -> T:
     read that saw the same stamps before and after saw one state of the folder.
     """
     for _ in range(READ_ATTEMPTS - 1):
-        before = _stamps(paths)
+        before = file_stamps(paths)
         result = read()
-        if _stamps(paths) == before:
+        if file_stamps(paths) == before:
             return result
     return read()
 
@@ -313,11 +315,11 @@ def apply_locked(keys_dir: Path, changes: Sequence[Change]) -> None:
     only thread); one that came is delivered after the change has been undone, so an
     interrupted command leaves the folder as it was. A failure (OSError) or an exception
     raised meanwhile undoes the change too, then propagates. A crash (SIGKILL, power loss)
-    leaves a journal that ``recover`` undoes. Raises AppError, changing nothing, for a change
+    leaves a journal that ``recover`` undoes. Raises JwtGuideError, changing nothing, for a change
     of several files while there is such a journal.
     """
     if len(changes) > 1 and (keys_dir / JOURNAL_FILE).exists():  # its backups would be lost
-        raise AppError(
+        raise JwtGuideError(
             f"a change to {keys_dir} was interrupted and is not undone yet: run gen.py --list"
         )
     with _interrupts_deferred() as interrupted:
@@ -331,7 +333,7 @@ def recover(keys_dir: Path) -> bool:
     """Undo a change that a killed process left half applied; remove stray temporary files.
 
     The caller holds ``locked(keys_dir)``. Returns whether there was anything to clean.
-    Raises AppError if the journal is not one ``apply_locked`` wrote, OSError if a file
+    Raises JwtGuideError if the journal is not one ``apply_locked`` wrote, OSError if a file
     cannot be restored (the journal then stays, for the next attempt).
     """
     with _interrupts_deferred():
@@ -491,7 +493,7 @@ def _journal_document(steps: Sequence[_Step]) -> bytes:
 
 
 def _read_journal(keys_dir: Path) -> list[_Step] | None:
-    """The steps of the journal, or None if there is none. Raises AppError if it is not one
+    """The steps of the journal, or None if there is none. Raises JwtGuideError if it is not one
     that ``apply_locked`` wrote."""
     path = keys_dir / JOURNAL_FILE
     try:
@@ -509,8 +511,8 @@ def _read_journal(keys_dir: Path) -> list[_Step] | None:
     return steps
 
 
-def _bad_journal(path: Path, why: str) -> AppError:
-    return AppError(
+def _bad_journal(path: Path, why: str) -> JwtGuideError:
+    return JwtGuideError(
         f"{path} is not a journal that gen.py wrote ({why}): move it out of the folder, "
         "then check the keys with gen.py --list"
     )

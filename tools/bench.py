@@ -3,7 +3,7 @@
 Everything is measured in one run on this machine, so that the ratios mean something on a
 busy or slow one:
 
-- in process: ``verify.verify_token`` on fresh tokens against raw ``cryptography`` RSA
+- in process: ``Verifier.verify`` on fresh tokens against raw ``cryptography`` RSA
   verification on the same 4096-bit key (the floor no verifier can go under);
 - over HTTP, with ``wrk -t1 -c16`` (Debian's ``wrk``): both servers under the same granian
   command as ``make serve``, against the guide's Node.js original (Express, express-jwt,
@@ -39,19 +39,18 @@ from pathlib import Path
 import jwt
 import requests
 from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import padding
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 
-import gen
-import verify
-from config import AppError, Config, load_config
-from jwks_client import PublishedKey
-from keystore import load_private_key, load_public_key
-from protected_server import TokenCache, _Verified
-from serve import granian_command
-from sign import DEFAULT_PAYLOAD, make_claims
+from jwt_guide import Signer, Verifier, rotation, tokens
+from jwt_guide.config import Config, load_config
+from jwt_guide.errors import JwtGuideError
+from jwt_guide.http.serve import granian_command
+from jwt_guide.keys import PemFileKey, PublishedKey
+from jwt_guide.keystore import load_public_key
+from jwt_guide.verifier import TokenCache, Verified
 
-HERE = Path(__file__).resolve().parent
+ROOT = Path(__file__).resolve().parent.parent  # protected_server.py, the guide's step 4.b
 CONNECTIONS = 16
 DISTINCT_TOKENS = 300
 NODE_PACKAGES = ("express@4", "jsonwebtoken@9", "express-jwt@8", "jwks-rsa@3", "pem-jwk@2")
@@ -109,7 +108,7 @@ end
 """
 
 
-class BenchError(AppError):
+class BenchError(JwtGuideError):
     """A step of the benchmark could not run."""
 
 
@@ -150,16 +149,9 @@ class Row:
 
 
 def make_tokens(config: Config, count: int) -> list[str]:
-    """``count`` distinct valid tokens, signed like sign.py does (the private key read once)."""
-    key = load_private_key(config.private_key_path, config.passphrase)
-    now = int(time.time())
-    return [
-        jwt.encode(
-            make_claims({**DEFAULT_PAYLOAD, "n": i}, config.issuer, config.expires_in, now),
-            key, algorithm=verify.ALGORITHM, headers={"kid": config.kid, "typ": "JWT"},
-        )
-        for i in range(count)
-    ]  # fmt: skip
+    """``count`` distinct valid tokens, signed as sign.py signs them (the key read once)."""
+    signer = Signer.from_keys_dir(config=config)
+    return [signer.sign({"userId": "a-b-c-d", "n": i}) for i in range(count)]
 
 
 def free_port() -> int:
@@ -174,7 +166,7 @@ def base_env(work: Path) -> dict[str, str]:
     SERVER_WORKERS, with the benchmark's keys."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(ENV_PREFIXES)}
     env["JWT_KEYS_DIR"] = str(work / "keys")
-    env["PYTHONPATH"] = os.pathsep.join((str(HERE), str(work)))
+    env["PYTHONPATH"] = os.pathsep.join((str(ROOT), str(work)))
     env["PYTHONDONTWRITEBYTECODE"] = "1"
     return env
 
@@ -221,8 +213,8 @@ def start_python_servers(servers: Servers, env: Mapping[str, str], workers: int)
     jwks = free_port()
     ports = {"jwks": jwks}
     uri = f"http://127.0.0.1:{jwks}/keys"
-    servers.start("jwks", granian_command("jwks_server:create_app", "127.0.0.1", jwks, workers),
-                  env, jwks)  # fmt: skip
+    command = granian_command("jwt_guide.http.jwks_app:create_app", "127.0.0.1", jwks, workers)
+    servers.start("jwks", command, env, jwks)
     for name, cache in (("protected", None), ("protected-nocache", "0")):
         port = free_port()
         extra = {"JWKS_URI": uri} | ({"TOKEN_CACHE_SIZE": cache} if cache else {})
@@ -308,12 +300,12 @@ def rate(fn: Callable[[], object], seconds: float) -> float:
             return count / (now - start)
 
 
-def in_process(tokens: Sequence[str], key: RSAPublicKey, config: Config, rounds: int
+def in_process(signed: Sequence[str], key: RSAPublicKey, config: Config, rounds: int
                ) -> dict[str, float]:  # fmt: skip
-    """Verifications per second: raw cryptography, verify_token, its parts, jwt.decode."""
-    policy = verify.Policy(config.issuer)
-    cycle = itertools.cycle(tokens)
-    parts = [t.split(".") for t in tokens]
+    """Verifications per second: raw cryptography, Verifier.verify, its parts, jwt.decode."""
+    policy = tokens.Policy(config.issuer)
+    cycle = itertools.cycle(signed)
+    parts = [t.split(".") for t in signed]
     raw = [(base64.urlsafe_b64decode(s + "=" * (-len(s) % 4)), f"{h}.{p}".encode())
            for h, p, s in parts]  # fmt: skip
     raw_cycle = itertools.cycle(raw)
@@ -322,22 +314,24 @@ def in_process(tokens: Sequence[str], key: RSAPublicKey, config: Config, rounds:
         signature, message = next(raw_cycle)
         key.verify(signature, message, padding.PKCS1v15(), hashes.SHA256())
 
-    parsed = verify.parse_token(tokens[0])
+    headers = tokens.HeaderCache()  # as a Verifier has
+    parsed = tokens.parse_token(signed[0])
+    verifier = Verifier(config=config, keys=PemFileKey(config.public_key_path), token_cache_size=0)
     now = time.time()
 
     def decode() -> object:
-        return jwt.decode(next(cycle), key, algorithms=[verify.ALGORITHM], issuer=config.issuer)
+        return jwt.decode(next(cycle), key, algorithms=[tokens.ALGORITHM], issuer=config.issuer)
 
     def claims() -> object:
-        payload = verify.json_object(parsed.payload, "payload")
-        return list(verify.claim_failures(payload, policy, now))
+        payload = tokens.json_object(parsed.payload, "payload")
+        return list(tokens.claim_failures(payload, policy, now))
 
     candidates: dict[str, Callable[[], object]] = {
         "raw": raw_verify,
-        "verify_token": lambda: verify.verify_token(next(cycle), key, policy),
+        "verify_token": lambda: verifier.verify(next(cycle)),
         "jwt.decode": decode,
-        "parse_token": lambda: verify.parse_token(next(cycle)),
-        "signature": lambda: verify.signature_is_valid(parsed, key),
+        "parse_token": lambda: tokens.parse_token(next(cycle), headers),
+        "signature": lambda: tokens.signature_is_valid(parsed, key),
         "claims": claims,
     }
     results: dict[str, float] = dict.fromkeys(candidates, 0.0)
@@ -369,12 +363,12 @@ def worker_rss_mib(parent: int) -> list[float]:
 
 def cache_entry_bytes(key: PublishedKey, count: int = 2000) -> float:
     """Memory per entry of the protected server's TokenCache, with a realistic body."""
-    body = 'Result: {"userId":"a-b-c-d","iat":1577800440,"exp":1577886840,"iss":"my-issuer-name"}'
+    body = b'{"userId":"a-b-c-d","iat":1577800440,"exp":1577886840,"iss":"my-issuer-name"}'
     cache = TokenCache(count)
     tracemalloc.start()
     before = tracemalloc.get_traced_memory()[0]
     for i in range(count):
-        cache.put(i.to_bytes(32, "big"), _Verified(body + str(i), key, 1e10))
+        cache.put(i.to_bytes(32, "big"), Verified(body + str(i).encode(), key, 1e10))
     used = tracemalloc.get_traced_memory()[0] - before
     tracemalloc.stop()
     return used / count
@@ -433,7 +427,7 @@ def verify_rows(rates: Mapping[str, float]) -> list[Row]:
     per_call = {name: 1e6 / value for name, value in rates.items()}
     overhead = per_call["verify_token"] - per_call["raw"]
     return [
-        Row("verify_token, fresh token (verifies/s)", f"{rates['verify_token']:,.0f}",
+        Row("Verifier.verify, fresh token (verifies/s)", f"{rates['verify_token']:,.0f}",
             f"raw cryptography {rates['raw']:,.0f}",
             _ratio(rates["verify_token"], rates["raw"]), 0.75),
         Row("  jwt.decode, same key (for reference)", f"{rates['jwt.decode']:,.0f}",
@@ -501,7 +495,7 @@ def run(args: argparse.Namespace) -> list[Row]:
         config = load_config({"JWT_KEYS_DIR": str(work / "keys")})
         print(f"bench: 4096-bit key and {DISTINCT_TOKENS} tokens in {work}", file=sys.stderr)
         (work / "keys").mkdir(mode=0o700)
-        gen.create(config, bits=4096, kid=None, force=False)
+        rotation.create(config, lambda: rsa.generate_private_key(65537, 4096), None, force=False)
         tokens = make_tokens(config, DISTINCT_TOKENS)
         (work / "tokens.txt").write_text("\n".join(tokens) + "\n")
         (work / "distinct.lua").write_text(DISTINCT_LUA % (work / "tokens.txt"))
@@ -550,7 +544,7 @@ def _positive(text: str) -> float:
 def build_parser() -> argparse.ArgumentParser:
     """The command line of make bench."""
     parser = argparse.ArgumentParser(
-        prog="bench.py",
+        prog="tools/bench.py",
         description="Measure verification and both servers (under make serve's granian) as "
         "ratios to baselines built in the same run: raw cryptography RSA verify, a hello-world "
         "Flask app under the same server, and the guide's Node.js original (needs node and "
@@ -575,7 +569,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.monotonic()
     try:
         rows = run(args)
-    except AppError as e:
+    except JwtGuideError as e:
         print(f"bench: {e}", file=sys.stderr)
         return e.exit_code
     except (OSError, requests.RequestException) as e:

@@ -1,0 +1,151 @@
+"""The JWKS application (the guide's step 4.a): the public keys as a JSON Web Key Set.
+
+``GET /keys`` (and ``/.well-known/jwks.json``) answers ``{"keys": [...]}`` with the next,
+current and retired public keys, each ``{"kty", "n", "e", "kid", "use": "sig", "alg":
+"RS256"}``, turned from PEM into JWK by jwcrypto (the guide's ``pem-jwk``). The key set is
+rebuilt only when a key file changes (seen by ``stat``, so a replaced key is picked up without
+a restart and no file is read on the request path), and served with ``Cache-Control``,
+``ETag`` and 304 answers to ``If-None-Match``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import threading
+from collections.abc import Iterable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from flask import Flask, Response, abort, request
+from jwcrypto.jwk import JWK
+from werkzeug.http import HTTP_STATUS_CODES, parse_etags
+
+from jwt_guide.config import PUBLIC_KEY_FILE, Config, load_config
+from jwt_guide.errors import JwtGuideError, UsageError
+from jwt_guide.http.errors import add_json_errors
+from jwt_guide.http.limits import apply_serving_limits
+from jwt_guide.keystore import KEYRING_FILE, file_stamps, public_key_from_pem, read_keyring
+from jwt_guide.tokens import ALGORITHM
+
+if TYPE_CHECKING:
+    from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
+
+
+WATCHED_FILES = (PUBLIC_KEY_FILE, KEYRING_FILE)
+KEY_SET_PATHS = frozenset({"/keys", "/.well-known/jwks.json"})
+
+
+def public_jwk(pem: str, kid: str) -> dict[str, Any]:
+    """The public JWK of an RSA public key in PEM, with ``kid``, ``use`` and ``alg``.
+
+    Raises JwtGuideError if ``pem`` is not an RSA public key.
+    """
+    public_key_from_pem(pem.encode(), f"key {kid!r}")
+    exported = JWK.from_pem(pem.encode()).export_public(as_dict=True)
+    return {"kty": "RSA", "n": exported["n"], "e": exported["e"], "kid": kid,
+            "use": "sig", "alg": ALGORITHM}  # fmt: skip
+
+
+def build_jwks(keys_dir: Path, default_kid: str) -> dict[str, Any]:
+    """The key set of every published key: next, current and retired.
+
+    Raises JwtGuideError (or UsageError if the public key is missing) when it cannot be built.
+    """
+    ring = read_keyring(keys_dir, default_kid)
+    if ring.find("current") is None:
+        raise UsageError(f"no public key at {keys_dir / PUBLIC_KEY_FILE}: run gen.py first")
+    return {"keys": [public_jwk(r.public_pem, r.kid) for r in ring.records]}
+
+
+class JwksCache:
+    """The serialised key set and its ETag, rebuilt only when a key file changes."""
+
+    def __init__(self, keys_dir: Path, default_kid: str) -> None:
+        self.keys_dir = keys_dir
+        self.default_kid = default_kid
+        self._lock = threading.Lock()
+        self._built: tuple[object, bytes, str] | None = None
+        # Joined once: pathlib's joining costs more than the stat calls themselves.
+        self._paths = [os.path.join(keys_dir, name) for name in WATCHED_FILES]
+
+    def get(self) -> tuple[bytes, str]:
+        """The key set as JSON bytes and its ETag; raises JwtGuideError if there is no key."""
+        signature = file_stamps(self._paths)
+        built = self._built
+        if built is None or built[0] != signature:
+            with self._lock:
+                body = json.dumps(build_jwks(self.keys_dir, self.default_kid)).encode()
+                built = (signature, body, hashlib.sha256(body).hexdigest()[:32])
+                self._built = built
+        return built[1], built[2]
+
+
+Answer = tuple[int, list[tuple[str, str]], bytes]
+
+
+def key_set_answer(cache: JwksCache, cache_control: str, if_none_match: str | None) -> Answer:
+    """Status, headers and body of ``GET /keys``: 200 with the key set, or 304 if it matches.
+
+    Raises JwtGuideError (from ``JwksCache.get``) when there is no key set to serve.
+    """
+    body, etag = cache.get()
+    headers = [("ETag", f'"{etag}"'), ("Cache-Control", cache_control)]
+    if if_none_match and parse_etags(if_none_match).contains_weak(etag):
+        return 304, headers, b""
+    return 200, [*headers, ("Content-Type", "application/json")], body
+
+
+class KeySetMiddleware:
+    """Answers GET and HEAD of the key set paths before Flask's routing and response objects,
+    which cost more than the rest of such a request (measured by ``make bench``). Anything
+    else, and a key set that cannot be built, goes on to the Flask app, which renders errors.
+    """
+
+    def __init__(self, app: WSGIApplication, cache: JwksCache, cache_control: str) -> None:
+        self.app = app
+        self.cache = cache
+        self.cache_control = cache_control
+
+    def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        """The WSGI entry point."""
+        method = environ.get("REQUEST_METHOD")
+        if environ.get("PATH_INFO") not in KEY_SET_PATHS or method not in ("GET", "HEAD"):
+            return self.app(environ, start_response)
+        try:
+            status, headers, body = key_set_answer(
+                self.cache, self.cache_control, environ.get("HTTP_IF_NONE_MATCH")
+            )
+        except JwtGuideError:
+            return self.app(environ, start_response)
+        if status == 200:  # a 304 may not say Content-Length: 0 (RFC 9110 8.6)
+            headers = [*headers, ("Content-Length", str(len(body)))]
+        start_response(f"{status} {HTTP_STATUS_CODES[status]}", headers)
+        return [b""] if method == "HEAD" else [body]
+
+
+def create_app(config: Config | None = None) -> Flask:
+    """The JWKS application; ``config`` defaults to the environment's."""
+    config = config or load_config()
+    app = Flask(__name__)
+    cache = JwksCache(config.keys_dir, config.kid)
+    cache_control = f"public, max-age={config.jwks_cache_seconds}"
+    add_json_errors(app)
+
+    @app.get("/keys", provide_automatic_options=False)
+    @app.get("/.well-known/jwks.json", provide_automatic_options=False)
+    def keys() -> Response:
+        """The JSON Web Key Set, conditional on ``If-None-Match``."""
+        try:
+            status, headers, body = key_set_answer(
+                cache, cache_control, request.headers.get("If-None-Match")
+            )
+        except JwtGuideError as e:
+            app.logger.error("cannot serve the key set: %s", e)
+            abort(500, description="the public key is not available on this server")
+        return Response(body, status, headers)
+
+    app.wsgi_app = KeySetMiddleware(app.wsgi_app, cache, cache_control)  # type: ignore[method-assign]
+    apply_serving_limits(app)
+    return app

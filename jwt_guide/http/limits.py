@@ -1,0 +1,71 @@
+"""The serving limits every app of the project holds, whatever server runs it.
+
+SPEC.md "Serving limits": request headers over 64 KiB in all get a JSON 431, and routing
+never builds a redirect from the ``Host`` header. The development server adds what only an
+HTTP server can do (jwt_guide.http.devserver).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+from flask import Flask, request
+from werkzeug.exceptions import NotFound
+from werkzeug.routing import RequestRedirect
+
+from jwt_guide.http.errors import ApiError
+
+if TYPE_CHECKING:
+    from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
+
+MAX_HEADER_BYTES = 64 * 1024  # SPEC "Serving limits": request headers over 64 KiB in all: 431
+
+
+def header_bytes(environ: WSGIEnvironment) -> int:
+    """The size of the request headers: their names and values, as the WSGI server passed them."""
+    total = 0
+    for key, value in environ.items():
+        if key.startswith("HTTP_"):
+            total += len(key) - 5 + len(value)
+        elif key in ("CONTENT_TYPE", "CONTENT_LENGTH"):
+            total += len(key) + len(value)
+    return total
+
+
+class HeaderLimit:
+    """WSGI middleware: 431 with a JSON body when the request headers exceed ``limit`` bytes in
+    all. HTTP servers bound each header line (and granian the whole head); this holds the
+    README's 64 KiB whatever server runs the app, before any view or the key set answer."""
+
+    def __init__(self, app: WSGIApplication, limit: int = MAX_HEADER_BYTES) -> None:
+        self.app = app
+        self.limit = limit
+
+    def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        """The WSGI entry point."""
+        if header_bytes(environ) <= self.limit:
+            return self.app(environ, start_response)
+        too_large = ApiError(431, f"request headers over {self.limit} bytes in all")
+        return too_large(environ, start_response)
+
+
+def _refuse_redirects() -> None:
+    """Before each request: a routing redirect (merged slashes, a missing trailing slash)
+    would put the request's ``Host`` header in ``Location``; answer 404 instead."""
+    if isinstance(request.routing_exception, RequestRedirect):
+        raise NotFound()
+
+
+def apply_serving_limits(app: Flask) -> None:
+    """Hold the serving limits of SPEC.md in ``app``, whatever server runs it.
+
+    Call it last in ``create_app``: the header limit wraps every middleware installed
+    before it. Routing never redirects (werkzeug's merged slashes and trailing slashes build
+    ``Location`` from the ``Host`` header): such requests get a JSON 404.
+    """
+    app.url_map.merge_slashes = False
+    app.url_map.strict_slashes = False
+    app.url_map.redirect_defaults = False
+    app.before_request(_refuse_redirects)
+    app.wsgi_app = HeaderLimit(app.wsgi_app)  # type: ignore[method-assign]

@@ -1,0 +1,168 @@
+"""Where a verifier finds the key for a token: one interface, three sources.
+
+- ``JwksClient`` (jwt_guide.jwks_client): a remote JWKS, cached and rate limited;
+- ``FolderKeys``: the published keys of a keys folder (next, current and retired), chosen
+  by ``kid`` as the servers choose from the JWKS; read again when a key file changes;
+- ``PemFileKey``: one public key file, used whatever the token's ``kid``.
+
+Each returns ``PublishedKey`` objects, equal only when ``kid``, ``n`` and ``e`` are: a key
+replaced under the same ``kid`` is another key, which is how a verifier knows that what it
+cached no longer holds.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
+from jwt.utils import to_base64url_uint
+
+from jwt_guide.config import PUBLIC_KEY_FILE
+from jwt_guide.errors import InvalidToken, JwtGuideError, UsageError
+from jwt_guide.keystore import KEYRING_FILE, file_stamps, public_key_from_pem, read_keyring
+from jwt_guide.tokens import shown
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PublishedKey:
+    """A verification key; equal to another only if kid, n and e are equal."""
+
+    kid: str
+    n: str
+    e: str
+    key: RSAPublicKey = field(compare=False, repr=False)
+
+    @classmethod
+    def of(cls, kid: str, key: RSAPublicKey) -> PublishedKey:
+        """The ``PublishedKey`` of an RSA public key, under ``kid``."""
+        numbers = key.public_numbers()
+        n, e = (to_base64url_uint(v).decode("ascii") for v in (numbers.n, numbers.e))
+        return cls(kid, n, e, key)
+
+
+class KeySource(Protocol):
+    """What a ``Verifier`` asks for keys (thread-safe in every implementation)."""
+
+    def key_for(self, kid: str | None) -> PublishedKey:
+        """The key for a token whose header has ``kid`` (None: no ``kid``).
+
+        Raises InvalidToken (``unknown kid``; ``malformed`` for a missing ``kid`` where one
+        is needed), KeysUnavailable when no key can be had at the moment.
+        """
+        ...
+
+    def refresh_key(self, used: PublishedKey) -> PublishedKey | None:
+        """The key now under ``used.kid``, after a signature failed with ``used``: ``used``
+        itself if nothing changed, None if the ``kid`` is gone. Never raises KeysUnavailable."""
+        ...
+
+
+def no_kid() -> InvalidToken:
+    """The refusal of a token without ``kid`` where keys are chosen by ``kid``."""
+    return InvalidToken("malformed", "the token has no kid")
+
+
+@dataclass(frozen=True)
+class _FolderState:
+    stamps: object
+    keys: dict[str, PublishedKey]
+    kidless: str | None  # the kid used for a token without one, if any
+
+
+class FolderKeys:
+    """The published keys of a keys folder (next, current, retired), by ``kid``.
+
+    Read at once, then again whenever a key file changes (seen by ``stat``, so a key added
+    or replaced by gen.py is used without a restart). A token without ``kid`` is refused,
+    except in a folder holding only the guide's two files, whose one key (``default_kid``)
+    it then gets. Construction raises UsageError if the folder has no public key,
+    JwtGuideError if a key or the key ring cannot be read.
+    """
+
+    def __init__(self, keys_dir: Path, default_kid: str) -> None:
+        self.keys_dir = keys_dir
+        self.default_kid = default_kid
+        self._paths = [keys_dir / KEYRING_FILE, keys_dir / PUBLIC_KEY_FILE]
+        self._lock = threading.Lock()
+        self._state = self._read(file_stamps(self._paths))
+
+    def _read(self, stamps: object) -> _FolderState:
+        ring = read_keyring(self.keys_dir, self.default_kid)
+        current = ring.find("current")
+        if current is None:
+            raise UsageError(
+                f"no public key at {self.keys_dir / PUBLIC_KEY_FILE}: run gen.py first"
+            )
+        keys: dict[str, PublishedKey] = {}
+        for r in ring.records:
+            key = public_key_from_pem(r.public_pem.encode(), f"key {r.kid!r} of {self.keys_dir}")
+            keys[r.kid] = PublishedKey.of(r.kid, key)
+        guide_only = not (self.keys_dir / KEYRING_FILE).exists()
+        return _FolderState(stamps, keys, current.kid if guide_only else None)
+
+    def _current(self) -> _FolderState:
+        stamps = file_stamps(self._paths)  # before reading: a change meanwhile is seen next time
+        state = self._state
+        if state.stamps == stamps:
+            return state
+        with self._lock:
+            if self._state.stamps != stamps:
+                try:
+                    self._state = self._read(stamps)
+                except JwtGuideError as e:
+                    # Keep verifying with the keys read last, as a JWKS client keeps its
+                    # cached keys while the server is down; try again after the next change.
+                    log.warning("keys folder: %s; still using the keys read before", e)
+                    self._state = _FolderState(stamps, self._state.keys, self._state.kidless)
+            return self._state
+
+    def key_for(self, kid: str | None) -> PublishedKey:
+        """The key of ``kid`` among the folder's published keys.
+
+        Raises InvalidToken: ``unknown kid``, or ``malformed`` for a token without ``kid``
+        (outside a guide-only folder).
+        """
+        state = self._current()
+        if kid is None:
+            if state.kidless is None:
+                raise no_kid()
+            kid = state.kidless
+        key = state.keys.get(kid)
+        if key is None:
+            raise InvalidToken("unknown kid", f"no key of {self.keys_dir} has kid {shown(kid)}")
+        return key
+
+    def refresh_key(self, used: PublishedKey) -> PublishedKey | None:
+        """The key now under ``used.kid`` (the folder is read again if it changed)."""
+        return self._current().keys.get(used.kid)
+
+
+class PemFileKey:
+    """One RSA public key from a PEM file, used for every token whatever its ``kid``.
+
+    Construction raises UsageError if the file does not exist, JwtGuideError if it cannot be
+    read or holds no RSA public key.
+    """
+
+    def __init__(self, path: Path) -> None:
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            raise UsageError(f"no public key at {path}: the file does not exist") from None
+        except OSError as e:
+            raise JwtGuideError(f"cannot read public key {path}: {e.strerror}") from None
+        self.key = PublishedKey.of("", public_key_from_pem(data, str(path)))
+
+    def key_for(self, kid: str | None) -> PublishedKey:
+        """The file's key."""
+        return self.key
+
+    def refresh_key(self, used: PublishedKey) -> PublishedKey | None:
+        """The file's key: it is read once."""
+        return self.key

@@ -1,0 +1,134 @@
+"""``Signer``: tokens exactly as the guide's step 2 (sign.py) makes them.
+
+The header is ``{"alg": "RS256", "typ": "JWT", "kid": <kid of the current key>}``; the
+claims are the payload followed by ``iat`` (now), ``exp`` (``iat`` + lifetime) and ``iss``,
+then ``aud`` when an audience is configured.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import jwt
+from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
+
+from jwt_guide.config import Config, load_config
+from jwt_guide.errors import UsageError
+from jwt_guide.keystore import load_signing_key
+from jwt_guide.tokens import ALGORITHM, DEFAULT_MAX_AGE
+
+RESERVED_CLAIMS = ("iat", "exp", "iss", "aud")
+
+
+def make_claims(
+    payload: Mapping[str, Any], issuer: str, expires_in: int, now: int, audience: str | None = None
+) -> dict[str, Any]:
+    """The payload followed by ``iat``, ``exp`` and ``iss``, then ``aud`` if ``audience``.
+
+    Raises UsageError if the payload sets one of those itself.
+    """
+    reserved = [name for name in RESERVED_CLAIMS if name in payload]
+    if reserved:
+        raise UsageError(
+            f"--payload may not set {', '.join(reserved)}: sign.py sets iat, exp and iss, "
+            "and aud from --audience or JWT_AUDIENCE"
+        )
+    claims = {**payload, "iat": now, "exp": now + expires_in, "iss": issuer}
+    if audience is not None:
+        claims["aud"] = audience
+    return claims
+
+
+def check_lifetime(seconds: int, source: str) -> int:
+    """``seconds`` if it is within the verifiers' maximum token age.
+
+    Raises ValueError naming ``source`` otherwise: such a token is refused everywhere as too
+    old before its ``exp``.
+    """
+    if seconds > DEFAULT_MAX_AGE:
+        raise ValueError(
+            f"{source} is longer than the maximum token age of 1 day: every verifier would "
+            "refuse the token as too old before it expires"
+        )
+    return seconds
+
+
+class Signer:
+    """Signs tokens with one private key under its ``kid``; thread-safe.
+
+    ``issuer``, ``expires_in`` (seconds) and ``audience`` (None: no ``aud``) apply to every
+    token unless ``sign`` overrides the last two. Build one with ``from_keys_dir``.
+    """
+
+    alg = ALGORITHM
+
+    def __init__(
+        self,
+        key: RSAPrivateKey,
+        kid: str,
+        *,
+        issuer: str,
+        expires_in: int,
+        audience: str | None = None,
+        clock: Callable[[], float] | None = None,
+    ) -> None:
+        self._key = key
+        self.kid = kid
+        self.issuer = issuer
+        self.expires_in = expires_in
+        self.audience = audience
+        self.clock = clock or time.time
+
+    @classmethod
+    def from_keys_dir(
+        cls,
+        path: str | Path | None = None,
+        passphrase: str | None = None,
+        *,
+        config: Config | None = None,
+    ) -> Signer:
+        """A Signer with the current key of the keys folder ``path``, and its ``kid``.
+
+        Unset values come from ``config``, else the environment: JWT_KEYS_DIR,
+        JWT_PASSPHRASE, JWT_ISSUER, JWT_EXPIRES_IN, JWT_AUDIENCE, JWT_KID (the ``kid`` of a
+        folder holding only the guide's two files). Raises UsageError if there is no
+        private key (``run gen.py first``) or a setting is invalid, JwtGuideError if the
+        passphrase does not open the key. No message holds the passphrase.
+        """
+        config = config or load_config()
+        keys_dir = config.keys_dir if path is None else Path(path).absolute()
+        secret = config.passphrase if passphrase is None else passphrase
+        # The kid is the one recorded for this very key, found by its thumbprint.
+        key, kid = load_signing_key(keys_dir, secret, config.kid)
+        return cls(
+            key, kid, issuer=config.issuer, expires_in=config.expires_in,
+            audience=config.audience,
+        )  # fmt: skip
+
+    def sign(
+        self,
+        payload: Mapping[str, Any],
+        expires_in: int | None = None,
+        audience: str | None = None,
+    ) -> str:
+        """A compact JWT of ``payload`` plus ``iat``, ``exp``, ``iss`` (and ``aud``).
+
+        ``expires_in`` (seconds) and ``audience`` override the Signer's for this token.
+        Raises UsageError if the payload sets a claim the Signer sets, or the lifetime is
+        over the verifiers' maximum age of 1 day (the token would be refused as too old).
+        """
+        lifetime = self.expires_in if expires_in is None else expires_in
+        try:
+            check_lifetime(lifetime, f"a lifetime of {lifetime}s")
+        except ValueError as e:
+            raise UsageError(str(e)) from None
+        if lifetime < 1:
+            raise UsageError(f"a lifetime of {lifetime}s is not positive")
+        aud = self.audience if audience is None else audience
+        claims = make_claims(payload, self.issuer, lifetime, int(self.clock()), aud)
+        return jwt.encode(
+            claims, self._key, algorithm=self.alg, headers={"kid": self.kid, "typ": "JWT"}
+        )

@@ -19,6 +19,10 @@ install: $(TESTING) $(SERVING)
 $(RUNTIME): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11) and "Python 3.11+ is needed: set PYTHON=python3.11")'
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@# The former distribution, jwt-asymmetric-guide, installed config, web... as
+	@# top-level modules: remove it from a venv made then.
+	@if ls $(VENV)/lib/python3*/site-packages/jwt_asymmetric_guide-* >/dev/null 2>&1; then \
+		$(PY) -m pip uninstall --quiet --yes jwt-asymmetric-guide; fi
 	$(PIP) -e .
 	@touch $@
 

@@ -14,6 +14,9 @@ from tests.conftest import ROOT
 
 # What `pip install <repository>` reads to build the distribution.
 DISTRIBUTION_FILES = ("pyproject.toml", "README.md", "jwt_guide")
+# A host app's own modules, named like the project's former top-level ones.
+HOST_CONFIG = 'class AppError(Exception):\n    pass\n\n\nSETTING = "the host config"\n'
+HOST_WEB = 'def render(text):\n    return "<p>" + text + "</p>"\n'
 
 
 @pytest.fixture(scope="session")
@@ -48,3 +51,14 @@ def installed_python(tmp_path_factory: pytest.TempPathFactory) -> Path:
         check=True, capture_output=True, timeout=120,
     )  # fmt: skip
     return python
+
+
+@pytest.fixture
+def host_dir(tmp_path: Path, session_keys: Path) -> Path:
+    """A host app's folder: its own config.py and web.py, and a copy of the session's keys."""
+    host = tmp_path / "host"
+    host.mkdir()
+    (host / "config.py").write_text(HOST_CONFIG)
+    (host / "web.py").write_text(HOST_WEB)
+    shutil.copytree(session_keys, host / "keys")
+    return host

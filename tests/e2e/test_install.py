@@ -5,7 +5,6 @@ the real JWKS server."""
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -15,9 +14,6 @@ from tests.conftest import ServerFactory, assert_clean_error, script_env
 
 pytestmark = pytest.mark.e2e
 
-# The host's own modules, named like the project's old top-level ones.
-HOST_CONFIG = 'class AppError(Exception):\n    pass\n\nSETTING = "the host config"\n'
-HOST_WEB = 'def render(text):\n    return "<p>" + text + "</p>"\n'
 HOST_APP = '''
 import json, os, sys
 from config import SETTING, AppError   # the host's, not the project's
@@ -95,17 +91,10 @@ print(json.dumps(report))
 
 
 def test_host_app_with_its_own_config_and_web_modules(
-    installed_python: Path,
-    session_keys: Path,
-    tmp_path: Path,
-    start_server: ServerFactory,
+    installed_python: Path, host_dir: Path, start_server: ServerFactory
 ) -> None:
-    host = tmp_path / "host"
-    host.mkdir()
-    (host / "config.py").write_text(HOST_CONFIG)
-    (host / "web.py").write_text(HOST_WEB)
+    host = host_dir
     (host / "app.py").write_text(HOST_APP)
-    shutil.copytree(session_keys, host / "keys")
     jwks = start_server("jwks_server.py", "JWKS_PORT", JWT_KEYS_DIR=str(host / "keys"))
     env = script_env(HOST_JWKS_URI=f"{jwks.base}/keys", HOST_DEAD_PORT="9")
     env.pop("PYTHONPATH", None)

@@ -5,11 +5,8 @@ from __future__ import annotations
 import base64
 import os
 import shutil
-import signal
 import stat
 import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,7 +19,7 @@ from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey, RSAPubl
 import gen
 from jwt_guide import keystore
 from jwt_guide.config import DEFAULT_PASSPHRASE
-from tests.conftest import ROOT, assert_clean_error, script_env
+from tests.helpers import assert_clean_error, error_line
 
 PRIVATE = ".private.key"
 PUBLIC = ".public.key.pem"
@@ -30,14 +27,6 @@ FAST = ["--bits", "2048"]
 # DER encodings of the object identifiers of PKCS#5 PBES2 and of AES-256-CBC.
 PBES2_OID = bytes.fromhex("06092a864886f70d01050d")
 AES_256_CBC_OID = bytes.fromhex("060960864801650304012a")  # 2.16.840.1.101.3.4.1.42
-
-
-def error_line(err: str) -> str:
-    """The one line an expected failure prints to stderr (and no traceback, no secret)."""
-    assert_clean_error(err)
-    lines = err.splitlines()
-    assert len(lines) == 1, f"expected exactly one stderr line, got {len(lines)}:\n{err}"
-    return lines[0]
 
 
 def key_files(folder: Path) -> dict[str, bytes]:
@@ -299,31 +288,6 @@ def test_help_works_with_no_keys(empty_keys_dir: Path, capsys: pytest.CaptureFix
     assert "--bits" in out
     assert "--force" in out
     assert not empty_keys_dir.exists()
-
-
-@pytest.mark.e2e
-def test_ctrl_c_while_generating_stops_at_once_and_writes_nothing(tmp_path: Path) -> None:
-    """SIGINT while OpenSSL generates the key (an 8192-bit one takes seconds): exit 130, one
-    line, no traceback, no file, and no waiting for the generation to end."""
-    folder = tmp_path / "keys"
-    process = subprocess.Popen(
-        [sys.executable, str(ROOT / "gen.py"), "--bits", "8192"],
-        env=script_env(JWT_KEYS_DIR=str(folder)),
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    try:
-        deadline = time.monotonic() + 30
-        while not folder.exists():  # gen.py makes the folder, then generates the key
-            assert process.poll() is None, process.communicate()
-            assert time.monotonic() < deadline
-            time.sleep(0.01)
-        process.send_signal(signal.SIGINT)
-        out, err = process.communicate(timeout=5)
-    finally:
-        process.kill()
-        process.wait()
-    assert (process.returncode, out, err) == (130, "", "gen: interrupted\n")
-    assert not folder.exists()
 
 
 def test_generation_errors_reach_the_main_thread(

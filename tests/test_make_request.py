@@ -3,10 +3,6 @@
 from __future__ import annotations
 
 import json
-import signal
-import socket
-import subprocess
-import sys
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -18,17 +14,9 @@ import pytest
 import requests
 
 import make_request
-from tests.conftest import ROOT, assert_clean_error, free_port, script_env
+from tests.helpers import assert_clean_error, error_line, free_port
 
 TOKEN = "eyJhbGciOiJSUzI1NiJ9.eyJ1c2VySWQiOiJhLWItYy1kIn0.c2lnbmF0dXJl"
-
-
-def error_line(err: str) -> str:
-    """The one line an expected failure prints to stderr (and no traceback, no secret)."""
-    assert_clean_error(err)
-    lines = err.splitlines()
-    assert len(lines) == 1, f"expected exactly one stderr line, got {len(lines)}:\n{err}"
-    return lines[0]
 
 
 @dataclass
@@ -240,30 +228,3 @@ def test_token_file_that_is_no_jwt(
     assert_clean_error(err)
 
 
-def test_ctrl_c_while_waiting_for_the_server_exits_130_in_one_line(tmp_path: Path) -> None:
-    # A server that accepts the connection and never answers: make_request.py waits (its read
-    # timeout is 30 s) until Ctrl-C. Once the connection is accepted it is past its imports.
-    keys = tmp_path / "keys"
-    keys.mkdir()
-    (keys / "token.txt").write_text(TOKEN)
-    with socket.create_server(("127.0.0.1", 0)) as listener:
-        listener.settimeout(20)
-        url = f"http://127.0.0.1:{listener.getsockname()[1]}/with-auth"
-        process = subprocess.Popen(
-            [sys.executable, str(ROOT / "make_request.py")],
-            env=script_env(JWT_KEYS_DIR=str(keys), PROTECTED_URL=url),
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        )  # fmt: skip
-        try:
-            connection, _ = listener.accept()
-        except TimeoutError:
-            process.kill()
-            raise
-        with connection:
-            connection.settimeout(20)
-            connection.recv(65536)  # the request has been sent: the client now waits
-            process.send_signal(signal.SIGINT)
-            out, err = process.communicate(timeout=20)
-    assert process.returncode == 130
-    assert_clean_error(out + err)
-    assert len((out + err).splitlines()) <= 1

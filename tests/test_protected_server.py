@@ -17,7 +17,6 @@ from typing import Any
 
 import jwt
 import pytest
-import requests
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 from flask import Flask
@@ -29,15 +28,14 @@ from jwt_guide import verifier as verifier_module
 from jwt_guide.config import DEFAULT_ISSUER, DEFAULT_KID, load_config
 from jwt_guide.jwks_client import FetchError, JwksClient
 from jwt_guide.verifier import Verifier
-from tests.conftest import (
-    ServerFactory,
+from tests.helpers import (
+    FakeClock,
+    RecordingServer,
     TokenFactory,
     assert_clean_error,
-    free_port,
-    run_script,
-    script_env,
+    jwk_of,
+    key_set,
 )
-from tests.jwks_fakes import FakeClock, JwksHttpServer, jwk_of, key_set
 
 JWKS_URI = "http://127.0.0.1:9/keys"  # never contacted: the fetch is injected
 DAY = 24 * 60 * 60
@@ -525,7 +523,7 @@ def test_flood_of_forged_tokens_stays_within_the_fetch_allowance(
     counting JWKS server: at most 5 fetches in any 60 s, and a key replaced meanwhile under
     the same kid is accepted within one spacing interval."""
     per_minute, spacing = 5, 12.0
-    server = JwksHttpServer()
+    server = RecordingServer()
     try:
         clock = FakeClock()
         fetch_times: list[float] = []
@@ -567,54 +565,12 @@ def test_flood_of_forged_tokens_stays_within_the_fetch_allowance(
 # --- end to end: recovery with the guide's 5 fetches a minute --------------------------------
 
 
-@pytest.mark.e2e
-def test_recovers_within_seconds_of_the_jwks_server_starting(
-    keys_dir: Path, start_server: ServerFactory, make_token: TokenFactory
+def test_ctrl_c_while_starting_exits_130(
+    keys_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    jwks_port = free_port()
-    protected = start_server(
-        "protected_server.py", "PROTECTED_PORT", JWKS_URI=f"http://127.0.0.1:{jwks_port}/keys"
-    )  # JWKS_REQUESTS_PER_MINUTE: the default 5, so a 12 s spacing
-    url = f"{protected.base}/with-auth"
-    headers = {"Authorization": f"Bearer {make_token()}"}
-    down = requests.get(url, headers=headers, timeout=10)
-    assert down.status_code == 503
-    assert down.headers["Retry-After"] == "1"
-    start_server("jwks_server.py", "JWKS_PORT", port=jwks_port, JWT_KEYS_DIR=str(keys_dir))
-    up = time.monotonic()
-    while (answer := requests.get(url, headers=headers, timeout=10)).status_code == 503:
-        # Far above the ~1 s expected, far below the 12 s spacing it used to wait.
-        assert time.monotonic() - up < 6, "still 503 long after the JWKS server answers"
-        time.sleep(0.05)
-    assert answer.status_code == 200
+    def interrupted(*_: object) -> Flask:
+        raise KeyboardInterrupt
 
-
-@pytest.mark.e2e
-def test_gen_force_while_the_servers_run_is_picked_up_without_restart(
-    keys_dir: Path, start_server: ServerFactory
-) -> None:
-    """gen.py --force makes a new key under the same kid: tokens signed with it are accepted
-    at once (the guide's 5 fetches a minute), and tokens of the old key are refused."""
-    env = script_env(JWT_KEYS_DIR=str(keys_dir))
-    jwks = start_server("jwks_server.py", "JWKS_PORT", JWT_KEYS_DIR=str(keys_dir))
-    protected = start_server("protected_server.py", "PROTECTED_PORT", JWKS_URI=f"{jwks.base}/keys")
-
-    def call(token: str) -> requests.Response:
-        headers = {"Authorization": f"Bearer {token}"}
-        return requests.get(f"{protected.base}/with-auth", headers=headers, timeout=10)
-
-    def sign() -> str:
-        result = run_script("sign.py", env=env)
-        assert result.returncode == 0, result.stderr
-        return result.stdout.split()[-1]
-
-    old = sign()
-    assert call(old).status_code == 200
-    result = run_script("gen.py", "--force", "--bits", "2048", env=env)
-    assert result.returncode == 0, result.stderr
-    new = sign()
-    assert call(new).status_code == 200
-    refused = call(old)
-    assert refused.status_code == 401
-    assert "signature" in refused.json()["error_description"]
-    assert call(new).status_code == 200
+    monkeypatch.setattr(protected_server, "create_app", interrupted)
+    assert protected_server.main([]) == 130
+    assert capsys.readouterr() == ("", "protected_server: interrupted\n")

@@ -4,10 +4,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
-import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -20,17 +16,9 @@ import sign
 import verify
 from jwt_guide.config import DEFAULT_ISSUER, DEFAULT_KID
 from jwt_guide.keystore import KEYRING_FILE
-from tests.conftest import ROOT, assert_clean_error, open_fifo_writer, script_env
+from tests.helpers import assert_clean_error, error_line
 
 NOW = 1_700_000_000
-
-
-def error_line(err: str) -> str:
-    """The one line an expected failure prints to stderr (and no traceback, no secret)."""
-    assert_clean_error(err)
-    lines = err.splitlines()
-    assert len(lines) == 1, f"expected exactly one stderr line, got {len(lines)}:\n{err}"
-    return lines[0]
 
 
 def segment(token: str, index: int) -> Any:
@@ -334,21 +322,3 @@ def test_lifetime_over_max_age_in_environment_says_why(
 # --- Ctrl-C --------------------------------------------------------------------------------
 
 
-def test_ctrl_c_exits_130_in_one_line(keys_dir: Path) -> None:
-    # sign.py blocks reading a private key that is a FIFO: it is past its imports by then.
-    (keys_dir / ".private.key").unlink()
-    os.mkfifo(keys_dir / ".private.key")
-    process = subprocess.Popen(
-        [sys.executable, str(ROOT / "sign.py")], env=script_env(JWT_KEYS_DIR=str(keys_dir)),
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    writer = open_fifo_writer(keys_dir / ".private.key", process)
-    try:
-        process.send_signal(signal.SIGINT)
-        out, err = process.communicate(timeout=20)
-    finally:
-        os.close(writer)
-    assert process.returncode == 130
-    assert_clean_error(out + err)
-    assert len((out + err).splitlines()) <= 1
-    assert not (keys_dir / "token.txt").exists()

@@ -3,16 +3,10 @@
 from __future__ import annotations
 
 import base64
-import gc
 import hashlib
 import hmac
 import json
-import os
-import signal
-import subprocess
-import sys
 import time
-import tracemalloc
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,10 +23,8 @@ import sign
 import verify
 from jwt_guide import tokens as tokens_module
 from jwt_guide.config import DEFAULT_ISSUER, DEFAULT_KID, DEFAULT_PASSPHRASE
-from jwt_guide.errors import InvalidToken
 from jwt_guide.keystore import KEYRING_FILE, NEXT_PRIVATE_KEY_FILE, load_private_key
-from jwt_guide.tokens import HeaderCache, parse_token
-from tests.conftest import ROOT, TokenFactory, assert_clean_error, open_fifo_writer, script_env
+from tests.helpers import TokenFactory, assert_clean_error, b64, error_line
 
 HOUR = 3600
 DAY = 86400
@@ -40,21 +32,9 @@ AUD = "https://api.example"
 ENV_AUD = {"JWT_AUDIENCE": AUD}
 
 
-def error_line(err: str) -> str:
-    """The one line an expected failure prints to stderr (and no traceback, no secret)."""
-    assert_clean_error(err)
-    lines = err.splitlines()
-    assert len(lines) == 1, f"expected exactly one stderr line, got {len(lines)}:\n{err}"
-    return lines[0]
-
-
 def assert_reason(line: str, reason: str) -> None:
     """``verify: <reason>``, optionally followed by ``: <detail>``."""
     assert line == f"verify: {reason}" or line.startswith(f"verify: {reason}: "), line
-
-
-def b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
 
 def raw_token(
@@ -767,70 +747,6 @@ def test_inspect_unknown_kid(
 # --- the header cache ----------------------------------------------------------------------
 
 
-def _memory_growth(action: Callable[[], None]) -> int:
-    """Bytes still allocated after ``action`` that were not before."""
-    gc.collect()
-    tracemalloc.start()
-    try:
-        before = tracemalloc.get_traced_memory()[0]
-        action()
-        gc.collect()
-        return tracemalloc.get_traced_memory()[0] - before
-    finally:
-        tracemalloc.stop()
-
-
-@pytest.mark.parametrize("passing", [False, True], ids=["refused-headers", "passing-headers"])
-def test_header_cache_is_bounded_in_bytes(passing: bool, tokens: Tokens) -> None:
-    # 600 distinct 6 KB headers once took a worker from 53 to 94 MiB: each was cached before it
-    # was checked, and the cache was bounded only by count.
-    signature = b64(bytes(512))
-    payload = b64(json.dumps(tokens.claims()).encode())
-
-    cache = HeaderCache()
-
-    def parse_all() -> None:
-        for n in range(600):
-            header = {"alg": "RS256" if passing else "none", "kid": f"{n:06}" + "k" * 4400}
-            try:
-                parse_token(f"{b64(json.dumps(header).encode())}.{payload}.{signature}", cache)
-            except InvalidToken:
-                assert not passing
-
-    assert _memory_growth(parse_all) < 512 * 1024
-
-
-def test_header_cache_keeps_only_checked_headers() -> None:
-    cache = HeaderCache(max_entries=3, max_bytes=100)
-    for n in range(5):
-        cache.put(f"h{n}", {})
-    assert len(cache) <= 3
-    cache.put("x" * 101, {})
-    assert cache.get("x" * 101) is None
-    for n in range(4):
-        cache.put(f"{n}" * 40, {})
-    assert cache.bytes <= 100
-    assert cache.get("3" * 40) is not None
-
-
 # --- Ctrl-C --------------------------------------------------------------------------------
 
 
-def test_ctrl_c_exits_130_in_one_line(tokens: Tokens, keys_dir: Path, tmp_path: Path) -> None:
-    # verify.py blocks reading a FIFO; once it has opened it, it is past its imports.
-    fifo = tmp_path / "token.fifo"
-    os.mkfifo(fifo)
-    process = subprocess.Popen(
-        [sys.executable, str(ROOT / "verify.py"), "--token-file", str(fifo)],
-        env=script_env(JWT_KEYS_DIR=str(keys_dir)), stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    writer = open_fifo_writer(fifo, process)
-    try:
-        process.send_signal(signal.SIGINT)
-        out, err = process.communicate(timeout=20)
-    finally:
-        os.close(writer)
-    assert process.returncode == 130
-    assert_clean_error(out + err)
-    assert len((out + err).splitlines()) <= 1

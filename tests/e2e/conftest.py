@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT
+from tests.helpers import ROOT
 
 # What `pip install <repository>` reads to build the distribution.
 DISTRIBUTION_FILES = ("pyproject.toml", "README.md", "jwt_guide")

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ServerFactory, assert_clean_error, script_env
+from tests.helpers import ServerFactory, assert_clean_error, script_env
 
 pytestmark = pytest.mark.e2e
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, ServerFactory, assert_clean_error, script_env
+from tests.helpers import ROOT, ServerFactory, assert_clean_error, script_env
 
 pytestmark = pytest.mark.e2e
 

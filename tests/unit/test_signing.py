@@ -12,7 +12,7 @@ import pytest
 import sign
 from jwt_guide import JwtGuideError, Signer, UsageError, Verifier
 from jwt_guide.config import DEFAULT_ISSUER, DEFAULT_KID, load_config
-from tests.conftest import assert_clean_error
+from tests.helpers import assert_clean_error
 
 NOW = 1_700_000_000
 

@@ -18,8 +18,7 @@ from jwt_guide import InvalidToken, JwtGuideError, KeysUnavailable, UsageError, 
 from jwt_guide.config import DEFAULT_ISSUER, DEFAULT_KID, load_config
 from jwt_guide.jwks_client import FetchError, JwksClient
 from jwt_guide.keys import FolderKeys, PemFileKey
-from tests.conftest import TokenFactory, free_port
-from tests.jwks_fakes import FakeClock, JwksHttpServer, jwk_of, key_set
+from tests.helpers import FakeClock, RecordingServer, TokenFactory, free_port, jwk_of, key_set
 
 URI = "http://127.0.0.1:9/keys"  # never contacted: the fetch is injected
 
@@ -175,7 +174,7 @@ def test_two_verifiers_share_no_state(
 ) -> None:
     """Two issuers in one process: each verifier has its own key cache, fetch threads,
     header cache and token cache; neither accepts the other's tokens nor clears its caches."""
-    first, second = JwksHttpServer(), JwksHttpServer()
+    first, second = RecordingServer(), RecordingServer()
     try:
         first.serve(key_set(jwk_of(private_key, "a")))
         second.serve(key_set(jwk_of(other_private_key, "b")))

@@ -14,8 +14,7 @@ from jwt_guide import Verifier
 from jwt_guide.config import DEFAULT_KID, load_config
 from jwt_guide.jwks_client import FetchError, JwksClient
 from jwt_guide.wsgi import BearerAuth
-from tests.conftest import TokenFactory, assert_clean_error
-from tests.jwks_fakes import FakeClock, jwk_of
+from tests.helpers import FakeClock, TokenFactory, assert_clean_error, jwk_of
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIEnvironment

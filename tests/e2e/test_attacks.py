@@ -39,10 +39,11 @@ from jwt.algorithms import RSAAlgorithm
 import verify
 from jwt_guide.config import DEFAULT_ISSUER, DEFAULT_KID
 from jwt_guide.tokens import MAX_TOKEN_BYTES
-from tests.conftest import (
+from tests.helpers import (
     ROOT,
     Server,
     assert_clean_error,
+    b64,
     free_port,
     script_env,
     wait_until_listening,
@@ -58,11 +59,6 @@ Json = dict[str, Any]
 
 
 # --- building tokens by hand -------------------------------------------------------------
-
-
-def b64(data: bytes) -> str:
-    """Canonical unpadded base64url."""
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
 
 def encode(part: Json | bytes) -> str:

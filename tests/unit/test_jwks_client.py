@@ -36,13 +36,12 @@ from jwt_guide.jwks_client import (
     JwksClient,
     parse_key_set,
 )
-from tests.conftest import free_port
-from tests.jwks_fakes import WAIT, FakeClock, JwksHttpServer, jwk_of, key_set
+from tests.helpers import WAIT, FakeClock, RecordingServer, free_port, jwk_of, key_set
 
 
 @pytest.fixture
-def server() -> Iterator[JwksHttpServer]:
-    httpd = JwksHttpServer()
+def server() -> Iterator[RecordingServer]:
+    httpd = RecordingServer()
     yield httpd
     httpd.stop()
 
@@ -63,7 +62,7 @@ def good_jwk(private_key: RSAPrivateKey) -> dict[str, Any]:
 
 
 def make_client(
-    server: JwksHttpServer,
+    server: RecordingServer,
     clock: FakeClock | None = None,
     cache_seconds: float = 600,
     per_minute: int = 5,
@@ -77,7 +76,7 @@ def make_client(
 
 
 def test_keys_are_cached_for_cache_seconds(
-    server: JwksHttpServer, clock: FakeClock, good_jwk: dict[str, Any]
+    server: RecordingServer, clock: FakeClock, good_jwk: dict[str, Any]
 ) -> None:
     server.serve(key_set(good_jwk))
     client = make_client(server, clock, cache_seconds=600)
@@ -102,7 +101,7 @@ def test_keys_are_cached_for_cache_seconds(
     ids=["shorter-honoured", "zero-bounded", "no-store-bounded", "longer-capped"],
 )
 def test_server_max_age_is_honoured_within_bounds(
-    server: JwksHttpServer,
+    server: RecordingServer,
     clock: FakeClock,
     good_jwk: dict[str, Any],
     cache_control: str,
@@ -123,7 +122,7 @@ def test_server_max_age_is_honoured_within_bounds(
 
 
 def test_unknown_kid_refetch_is_spaced(
-    server: JwksHttpServer, clock: FakeClock, good_jwk: dict[str, Any]
+    server: RecordingServer, clock: FakeClock, good_jwk: dict[str, Any]
 ) -> None:
     server.serve(key_set(good_jwk))
     client = make_client(server, clock, per_minute=60)  # spacing: one second
@@ -143,7 +142,7 @@ def test_unknown_kid_refetch_is_spaced(
 
 
 def test_key_promoted_just_after_a_fetch_is_fetched_at_once(
-    server: JwksHttpServer,
+    server: RecordingServer,
     clock: FakeClock,
     good_jwk: dict[str, Any],
     other_private_key: RSAPrivateKey,
@@ -161,7 +160,7 @@ def test_key_promoted_just_after_a_fetch_is_fetched_at_once(
 
 
 def test_never_more_than_per_minute_fetches_in_60_s(
-    server: JwksHttpServer, clock: FakeClock, good_jwk: dict[str, Any]
+    server: RecordingServer, clock: FakeClock, good_jwk: dict[str, Any]
 ) -> None:
     """Cache expiries and unknown kids together stay within requests_per_minute."""
     fetch_times: list[float] = []
@@ -178,7 +177,7 @@ def test_never_more_than_per_minute_fetches_in_60_s(
 
 
 def test_flood_of_random_kids_is_rate_limited_and_a_new_key_still_arrives(
-    server: JwksHttpServer,
+    server: RecordingServer,
     clock: FakeClock,
     good_jwk: dict[str, Any],
     other_private_key: RSAPrivateKey,
@@ -219,7 +218,7 @@ def test_flood_of_random_kids_is_rate_limited_and_a_new_key_still_arrives(
 
 
 def test_concurrent_cold_requests_share_one_fetch(
-    server: JwksHttpServer, good_jwk: dict[str, Any]
+    server: RecordingServer, good_jwk: dict[str, Any]
 ) -> None:
     server.serve(key_set(good_jwk))
     server.delay = 0.3  # a slow JWKS server, so that all requests overlap the fetch
@@ -243,7 +242,7 @@ def test_concurrent_cold_requests_share_one_fetch(
     assert server.count == 1
 
 
-def test_concurrent_cold_requests_share_one_failed_fetch(server: JwksHttpServer) -> None:
+def test_concurrent_cold_requests_share_one_failed_fetch(server: RecordingServer) -> None:
     server.serve(b"oops", status=500)
     server.delay = 0.3
     client = make_client(server)
@@ -276,7 +275,7 @@ def _in_thread(call: Callable[[], object]) -> tuple[threading.Thread, list[objec
 
 @pytest.mark.parametrize("stale", [False, True], ids=["fresh", "stale"])
 def test_cached_key_does_not_wait_for_a_slow_fetch(
-    server: JwksHttpServer, clock: FakeClock, good_jwk: dict[str, Any], stale: bool
+    server: RecordingServer, clock: FakeClock, good_jwk: dict[str, Any], stale: bool
 ) -> None:
     server.serve(key_set(good_jwk))
     client = make_client(server, clock, per_minute=60)
@@ -299,7 +298,7 @@ def test_cached_key_does_not_wait_for_a_slow_fetch(
 # --- failed fetches ------------------------------------------------------------------------
 
 
-def test_fetch_times_out(server: JwksHttpServer, monkeypatch: pytest.MonkeyPatch,
+def test_fetch_times_out(server: RecordingServer, monkeypatch: pytest.MonkeyPatch,
                          good_jwk: dict[str, Any]) -> None:  # fmt: skip
     assert jwks_client.FETCH_TIMEOUT == 5  # SPEC: a fetch times out after 5 s
     monkeypatch.setattr(jwks_client, "FETCH_TIMEOUT", 0.3)
@@ -313,7 +312,7 @@ def test_fetch_times_out(server: JwksHttpServer, monkeypatch: pytest.MonkeyPatch
 
 @pytest.mark.parametrize("part", ["body", "headers"])
 def test_dripping_server_is_cut_at_the_fetch_deadline(
-    server: JwksHttpServer, monkeypatch: pytest.MonkeyPatch, good_jwk: dict[str, Any], part: str
+    server: RecordingServer, monkeypatch: pytest.MonkeyPatch, good_jwk: dict[str, Any], part: str
 ) -> None:
     """Each byte (or header line) arrives well within the socket timeout; the whole fetch
     must not take longer than FETCH_TIMEOUT."""
@@ -344,7 +343,7 @@ def test_dripping_server_is_cut_at_the_fetch_deadline(
 
 
 def test_body_over_the_cap_is_a_failed_fetch(
-    server: JwksHttpServer, good_jwk: dict[str, Any]
+    server: RecordingServer, good_jwk: dict[str, Any]
 ) -> None:
     def padded(size: int) -> bytes:
         base = key_set(good_jwk)
@@ -392,7 +391,7 @@ def _get_after_spacing(client: JwksClient, kid: str, deadline: float) -> object:
     ],
 )  # fmt: skip
 def test_bad_responses_are_failed_fetches(
-    server: JwksHttpServer,
+    server: RecordingServer,
     good_jwk: dict[str, Any],
     status: int,
     body: bytes,
@@ -407,7 +406,7 @@ def test_bad_responses_are_failed_fetches(
     assert server.count == 1
 
 
-def test_empty_key_set_is_a_successful_fetch_without_keys(server: JwksHttpServer) -> None:
+def test_empty_key_set_is_a_successful_fetch_without_keys(server: RecordingServer) -> None:
     server.serve(b'{"keys": []}')
     assert make_client(server).get_key("good") is None
 
@@ -419,7 +418,7 @@ def test_unreachable_server_is_unavailable_with_retry_after() -> None:
     assert 1 <= raised.value.retry_after <= 12
 
 
-def test_redirects_are_not_followed(server: JwksHttpServer, good_jwk: dict[str, Any]) -> None:
+def test_redirects_are_not_followed(server: RecordingServer, good_jwk: dict[str, Any]) -> None:
     moved = server.uri.replace("/keys", "/moved")
     server.serve(key_set(good_jwk), status=302, headers={"Location": moved})
     client = make_client(server)
@@ -428,7 +427,7 @@ def test_redirects_are_not_followed(server: JwksHttpServer, good_jwk: dict[str, 
     assert server.paths() == ["/keys"]
 
 
-def test_user_agent_is_the_projects_own(server: JwksHttpServer, good_jwk: dict[str, Any]) -> None:
+def test_user_agent_is_the_projects_own(server: RecordingServer, good_jwk: dict[str, Any]) -> None:
     server.serve(key_set(good_jwk))
     assert make_client(server).get_key("good") is not None
     [(_, headers)] = server.requests
@@ -495,7 +494,7 @@ def test_parse_key_set_refuses_what_is_not_a_key_set(document: Any) -> None:
 
 
 def test_unusable_keys_are_filtered_from_a_real_fetch(
-    server: JwksHttpServer, mixed_document: dict[str, Any]
+    server: RecordingServer, mixed_document: dict[str, Any]
 ) -> None:
     server.serve(json.dumps(mixed_document).encode())
     client = make_client(server)
@@ -512,7 +511,7 @@ def test_unusable_keys_are_filtered_from_a_real_fetch(
 
 
 def test_stale_keys_keep_verifying_while_the_server_fails(
-    server: JwksHttpServer, clock: FakeClock, good_jwk: dict[str, Any]
+    server: RecordingServer, clock: FakeClock, good_jwk: dict[str, Any]
 ) -> None:
     server.serve(key_set(good_jwk))
     client = make_client(server, clock, cache_seconds=600)
@@ -530,7 +529,7 @@ def test_stale_keys_keep_verifying_while_the_server_fails(
 
 
 def test_stale_keys_survive_a_stopped_server(
-    server: JwksHttpServer, clock: FakeClock, good_jwk: dict[str, Any]
+    server: RecordingServer, clock: FakeClock, good_jwk: dict[str, Any]
 ) -> None:
     server.serve(key_set(good_jwk))
     client = make_client(server, clock)
@@ -542,7 +541,7 @@ def test_stale_keys_survive_a_stopped_server(
 
 
 def test_recovers_about_one_second_after_a_failed_fetch(
-    server: JwksHttpServer, clock: FakeClock, good_jwk: dict[str, Any]
+    server: RecordingServer, clock: FakeClock, good_jwk: dict[str, Any]
 ) -> None:
     """Envoy's failed_refetch_duration: the first retry about 1 s after a failure, not after
     the 12 s spacing of 5 fetches a minute."""
@@ -563,7 +562,7 @@ def test_recovers_about_one_second_after_a_failed_fetch(
 
 
 def _fetch_times_while_failing(
-    server: JwksHttpServer, clock: FakeClock, seed: int, seconds: float, step: float = 0.05
+    server: RecordingServer, clock: FakeClock, seed: int, seconds: float, step: float = 0.05
 ) -> tuple[list[float], list[tuple[float, int]]]:
     """Ask a client for a key every ``step`` s of fake time while the server fails: the
     times of its fetches and, for each refusal, (time, Retry-After)."""
@@ -584,7 +583,7 @@ def _fetch_times_while_failing(
 
 @pytest.mark.parametrize("seed", range(5))
 def test_retries_back_off_within_the_allowance_and_retry_after_is_the_next_attempt(
-    server: JwksHttpServer, clock: FakeClock, seed: int
+    server: RecordingServer, clock: FakeClock, seed: int
 ) -> None:
     step = 0.05
     fetch_times, refusals = _fetch_times_while_failing(server, clock, seed, 600, step)
@@ -604,7 +603,7 @@ def test_retries_back_off_within_the_allowance_and_retry_after_is_the_next_attem
         assert at + retry_after - 1 < next_fetch <= at + retry_after + step + 1e-6
 
 
-def test_retry_delays_are_jittered(server: JwksHttpServer) -> None:
+def test_retry_delays_are_jittered(server: RecordingServer) -> None:
     delays = set()
     for seed in range(8):
         clock = FakeClock()
@@ -616,7 +615,7 @@ def test_retry_delays_are_jittered(server: JwksHttpServer) -> None:
 
 
 def test_success_after_failures_starts_the_backoff_again(
-    server: JwksHttpServer, clock: FakeClock, good_jwk: dict[str, Any]
+    server: RecordingServer, clock: FakeClock, good_jwk: dict[str, Any]
 ) -> None:
     server.serve(b"", status=500)
     rng = random.Random(3)  # noqa: S311 (reproducible jitter)
@@ -634,7 +633,7 @@ def test_success_after_failures_starts_the_backoff_again(
 
 
 def test_real_clock_refetch_with_high_rate(
-    server: JwksHttpServer, good_jwk: dict[str, Any], other_private_key: RSAPrivateKey
+    server: RecordingServer, good_jwk: dict[str, Any], other_private_key: RSAPrivateKey
 ) -> None:
     """Without an injected clock: a key published later is found after a short real wait."""
     server.serve(key_set(good_jwk))
@@ -714,7 +713,7 @@ def test_members_of_the_right_type_and_unregistered_members_are_accepted(
 
 
 def test_malformed_entry_is_no_outage(
-    server: JwksHttpServer, private_key: RSAPrivateKey, other_private_key: RSAPrivateKey
+    server: RecordingServer, private_key: RSAPrivateKey, other_private_key: RSAPrivateKey
 ) -> None:
     """Through a real fetch, an entry with key_ops null leaves the other keys working."""
     bad = jwk_of(other_private_key, "bad", key_ops=None)
@@ -791,7 +790,7 @@ def test_rsa_numbers_outside_boringssl_limits_are_refused(
 
 
 def test_refresh_key_finds_a_key_replaced_under_the_same_kid(
-    server: JwksHttpServer,
+    server: RecordingServer,
     clock: FakeClock,
     private_key: RSAPrivateKey,
     other_private_key: RSAPrivateKey,
@@ -818,7 +817,7 @@ def test_refresh_key_finds_a_key_replaced_under_the_same_kid(
 
 
 def test_refresh_key_when_the_kid_is_gone_or_the_fetch_fails(
-    server: JwksHttpServer,
+    server: RecordingServer,
     clock: FakeClock,
     private_key: RSAPrivateKey,
     other_private_key: RSAPrivateKey,
@@ -836,7 +835,7 @@ def test_refresh_key_when_the_kid_is_gone_or_the_fetch_fails(
 
 
 def test_refresh_key_uses_a_key_set_another_request_just_fetched(
-    server: JwksHttpServer,
+    server: RecordingServer,
     clock: FakeClock,
     private_key: RSAPrivateKey,
     other_private_key: RSAPrivateKey,
@@ -867,7 +866,7 @@ def no_proxy_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.mark.usefixtures("no_proxy_env")
 def test_netrc_credentials_are_never_sent(
-    server: JwksHttpServer,
+    server: RecordingServer,
     good_jwk: dict[str, Any],
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
@@ -887,7 +886,7 @@ def test_netrc_credentials_are_never_sent(
 
 @pytest.mark.usefixtures("no_proxy_env")
 def test_proxy_from_the_environment_is_used(
-    server: JwksHttpServer, good_jwk: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+    server: RecordingServer, good_jwk: dict[str, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """HTTP_PROXY is still honoured (the counting server plays the proxy)."""
     monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{server.port}")
@@ -899,7 +898,7 @@ def test_proxy_from_the_environment_is_used(
 
 @pytest.mark.usefixtures("no_proxy_env")
 def test_no_proxy_from_the_environment_is_honoured(
-    server: JwksHttpServer, good_jwk: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+    server: RecordingServer, good_jwk: dict[str, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{free_port()}")  # nothing listens
     monkeypatch.setenv("NO_PROXY", "127.0.0.1")

@@ -16,24 +16,13 @@ from pathlib import Path
 import pytest
 from flask import Flask
 
-import jwks_server
-import protected_server
 from jwt_guide.config import load_config
 from jwt_guide.errors import JwtGuideError, UsageError
-from jwt_guide.http import devserver, limits
-from tests.conftest import TokenFactory
-from tests.test_dev_server import get, raw_exchange
+from jwt_guide.http import devserver, jwks_app
+from tests.helpers import get, raw_exchange
 
 TIMEOUT = 10.0
 SHORT_DEADLINE = 0.5
-
-
-@pytest.fixture(params=["jwks", "protected"])
-def app(request: pytest.FixtureRequest, keys_dir: Path) -> Flask:
-    """Each of the two apps, built from the environment (keys_dir sets JWT_KEYS_DIR)."""
-    if request.param == "jwks":
-        return jwks_server.create_app(load_config())
-    return protected_server.create_app(load_config())
 
 
 def test_production_deadline_is_at_most_30_seconds() -> None:
@@ -50,57 +39,8 @@ def test_loggable_escapes_everything_but_printable_ascii_and_bounds_length() -> 
     assert len(logged) < 4 * devserver.MAX_LOGGED + 10
 
 
-def test_headers_over_64_kib_in_all_get_a_json_431(app: Flask) -> None:
-    client = app.test_client()
-    base = limits.header_bytes(client.get("/", headers={"X-Pad": ""}).request.environ)
-    at_limit = {"X-Pad": "p" * (limits.MAX_HEADER_BYTES - base)}
-    sent = client.get("/", headers=at_limit).request.environ
-    assert limits.header_bytes(sent) == limits.MAX_HEADER_BYTES
-    over = {"X-Pad": at_limit["X-Pad"] + "p"}
-    for path in ("/keys", "/.well-known/jwks.json", "/with-auth", "/nowhere"):
-        assert client.get(path, headers=at_limit).status_code != 431, path
-        refused = client.get(path, headers=over)
-        assert refused.status_code == 431, path
-        assert refused.json == {
-            "error": "invalid_request",
-            "error_description": f"request headers over {limits.MAX_HEADER_BYTES} bytes in all",
-        }
-
-
-def test_a_token_over_8_kib_reaches_the_protected_app(
-    keys_dir: Path, make_token: TokenFactory
-) -> None:
-    client = protected_server.create_app(load_config()).test_client()
-    token = make_token(blob="x" * 9000)
-    headers = {"Authorization": f"Bearer {token}", "X-Pad": "p" * 50_000}
-    answer = client.get("/with-auth", headers=headers)
-    assert answer.status_code == 401
-    assert answer.json is not None and answer.json["error"] == "invalid_token"
-
-
-REDIRECT_BAIT = ["/.well-known//jwks.json", "//keys", "/keys/", "//with-auth", "/with-auth/",
-                 "/a//b/"]  # fmt: skip
-
-
-@pytest.mark.parametrize("path", REDIRECT_BAIT)
-def test_no_redirect_is_built_from_the_host_header(app: Flask, path: str) -> None:
-    answer = app.test_client().get(path, headers={"Host": "evil.example"})
-    assert "Location" not in answer.headers
-    assert answer.status_code == 404
-    assert answer.json is not None and answer.json["error"] == "not_found"
-
-
-def test_a_route_with_a_trailing_slash_is_never_a_redirect(keys_dir: Path) -> None:
-    """werkzeug redirects /dir to /dir/ for such a route, with the Host header in Location."""
-    app = jwks_server.create_app(load_config())
-    app.add_url_rule("/dir/", "dir", lambda: "dir", strict_slashes=True)
-    answer = app.test_client().get("/dir", headers={"Host": "evil.example"})
-    assert answer.status_code == 404
-    assert "Location" not in answer.headers
-
-
 def test_a_bad_bind_host_names_jwt_bind_host(keys_dir: Path) -> None:
-    app = jwks_server.create_app(load_config())
+    app = jwks_app.create_app(load_config())
     for host in ("nonexistent.invalid", "999.1.1.1"):
         with pytest.raises(UsageError, match="JWT_BIND_HOST") as refused:
             devserver.make_dev_server(app, host, 0, "JWKS_PORT")
@@ -108,7 +48,7 @@ def test_a_bad_bind_host_names_jwt_bind_host(keys_dir: Path) -> None:
 
 
 def test_a_taken_port_names_the_port_variable(keys_dir: Path) -> None:
-    app = jwks_server.create_app(load_config())
+    app = jwks_app.create_app(load_config())
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
@@ -117,17 +57,6 @@ def test_a_taken_port_names_the_port_variable(keys_dir: Path) -> None:
             devserver.make_dev_server(app, "127.0.0.1", port, "JWKS_PORT")
     assert "JWT_BIND_HOST" not in str(refused.value)
     assert not isinstance(refused.value, UsageError)
-
-
-def test_ctrl_c_while_starting_exits_130(
-    keys_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
-    def interrupted(*_: object) -> Flask:
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(protected_server, "create_app", interrupted)
-    assert protected_server.main([]) == 130
-    assert capsys.readouterr() == ("", "protected_server: interrupted\n")
 
 
 def test_ctrl_c_while_serving_exits_130(keys_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -149,7 +78,7 @@ def dev_server(keys_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[devs
     """The JWKS app under the development server, in a thread, with a 0.5 s deadline."""
     monkeypatch.setattr(devserver, "REQUEST_TIMEOUT", SHORT_DEADLINE)
     server = devserver.make_dev_server(
-        jwks_server.create_app(load_config()), "127.0.0.1", 0, "JWKS_PORT"
+        jwks_app.create_app(load_config()), "127.0.0.1", 0, "JWKS_PORT"
     )
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
     thread.start()
@@ -194,7 +123,7 @@ def test_connections_beyond_the_limit_wait_for_a_free_slot(
 ) -> None:
     monkeypatch.setattr(devserver, "connection_limit", lambda: 2)
     monkeypatch.setattr(devserver, "REQUEST_TIMEOUT", SHORT_DEADLINE)
-    server = devserver.make_dev_server(jwks_server.create_app(load_config()), "127.0.0.1", 0, "P")
+    server = devserver.make_dev_server(jwks_app.create_app(load_config()), "127.0.0.1", 0, "P")
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
     thread.start()
     try:
@@ -231,7 +160,7 @@ def test_out_of_descriptors_pauses_the_accept_loop(
 ) -> None:
     """accept() failing with EMFILE leaves the listening socket readable: without a pause,
     the loop would spin at 100% CPU until a descriptor frees up."""
-    server = devserver.make_dev_server(jwks_server.create_app(load_config()), "127.0.0.1", 0, "P")
+    server = devserver.make_dev_server(jwks_app.create_app(load_config()), "127.0.0.1", 0, "P")
     pauses: list[float] = []
     monkeypatch.setattr(time, "sleep", pauses.append)
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, assert_clean_error, free_port, run_script, script_env
+from tests.helpers import ROOT, assert_clean_error, free_port, run_script, script_env
 
 pytestmark = pytest.mark.e2e
 

@@ -22,7 +22,7 @@ import pytest
 import requests
 
 from jwt_guide.http import serve
-from tests.conftest import ROOT, assert_clean_error, free_port, run_script, script_env
+from tests.helpers import ROOT, assert_clean_error, free_port, run_script, script_env
 
 pytestmark = pytest.mark.e2e
 

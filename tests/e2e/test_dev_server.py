@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.conftest import (
+from tests.helpers import (
     ROOT,
     Server,
     ServerFactory,

@@ -1,4 +1,5 @@
-"""Key rotation (gen.py --next/--promote/--prune/--list), unit tests and end to end."""
+"""Key rotation (jwt_guide.rotation through gen.py --next/--promote/--prune/--list, in
+process): every command, its refusals, and crash safety at every file change."""
 
 from __future__ import annotations
 
@@ -8,17 +9,12 @@ import json
 import os
 import shutil
 import signal
-import subprocess
-import sys
-import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-import requests
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
@@ -40,15 +36,14 @@ from jwt_guide.keystore import (
     thumbprint,
     utc_now,
 )
-from tests.conftest import ROOT, ServerFactory, assert_clean_error, run_script, script_env
-from tests.test_keystore import State, every_failure, run_failing_at
-
-BITS = ["--bits", "2048"]  # rotation logic does not depend on the key size; keep tests fast
-
-
-def snapshot(folder: Path) -> State:
-    """Every file of the folder with its bytes and mode."""
-    return {p.name: (p.read_bytes(), p.stat().st_mode & 0o777) for p in sorted(folder.iterdir())}
+from tests.helpers import (
+    BITS,
+    State,
+    assert_clean_error,
+    every_failure,
+    run_failing_at,
+    snapshot,
+)
 
 
 def run_gen(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
@@ -241,66 +236,6 @@ def test_created_time_is_utc(keys_dir: Path) -> None:
     assert utc_now() >= ring["keys"][0]["created"]
 
 
-@pytest.mark.e2e
-def test_rotation_with_servers_running(keys_dir: Path, start_server: ServerFactory) -> None:
-    """A client calling in a loop sees no error during next -> promote -> prune; the old
-    key's token is accepted until prune and cache expiry, then refused."""
-    env = script_env(JWT_KEYS_DIR=str(keys_dir))
-    fast = {"JWKS_CACHE_SECONDS": "1", "JWKS_REQUESTS_PER_MINUTE": "600"}
-    jwks = start_server("jwks_server.py", "JWKS_PORT", JWT_KEYS_DIR=str(keys_dir), **fast)
-    protected = start_server(
-        "protected_server.py", "PROTECTED_PORT", JWKS_URI=f"{jwks.base}/keys", **fast
-    )
-    url = f"{protected.base}/with-auth"
-
-    def token() -> str:
-        result = run_script("sign.py", env=env)
-        assert result.returncode == 0, result.stderr
-        return result.stdout.split()[-1]
-
-    def call(tok: str) -> int:
-        return requests.get(url, headers={"Authorization": f"Bearer {tok}"}, timeout=10).status_code
-
-    current = {"token": token()}
-    token_a = current["token"]
-    failures: list[int] = []
-    stop = threading.Event()
-
-    def client() -> None:
-        deadline = time.monotonic() + 120
-        while not stop.is_set() and time.monotonic() < deadline:
-            status = call(current["token"])
-            if status != 200:
-                failures.append(status)
-            time.sleep(0.02)
-
-    loop = threading.Thread(target=client)
-    loop.start()
-    try:
-        for args in (["--next", "--kid", "k2", *BITS], ["--promote"]):
-            result = run_script("gen.py", *args, env=env)
-            assert result.returncode == 0, result.stderr
-            time.sleep(1.5)  # let the client keep calling across a JWKS cache expiry
-        token_b = token()
-        current["token"] = token_b
-        assert call(token_a) == 200 and call(token_b) == 200  # the overlap
-        time.sleep(1.5)
-        assert call(token_a) == 200  # still published (retired), so still accepted
-        result = run_script("gen.py", "--prune", "--force", env=env)
-        assert result.returncode == 0, result.stderr
-        deadline = time.monotonic() + 15
-        while call(token_a) == 200:
-            assert time.monotonic() < deadline, "old token still accepted after prune"
-            time.sleep(0.2)
-        assert call(token_a) == 401
-        assert call(token_b) == 200
-    finally:
-        stop.set()
-        loop.join(15)
-    assert failures == []
-    assert [k["kid"] for k in requests.get(f"{jwks.base}/keys", timeout=5).json()["keys"]] == ["k2"]
-
-
 # --- crashes, Ctrl-C and I/O errors at every step of every command ---------------------------
 
 FIXED_TIME = "2030-01-02T03:04:05Z"
@@ -470,46 +405,6 @@ def test_ctrl_c_or_io_error_at_every_step_leaves_before_or_after(
             assert outcome == ("exit", 1), n
             assert state == scenario.before, n
     assert applied == sorted(applied)  # Ctrl-C after the commit point only leaves it applied
-
-
-@pytest.mark.e2e
-def test_kill_9_during_promote_then_the_real_scripts(keys_dir: Path) -> None:
-    """The issue's case, with the real scripts: gen.py --promote SIGKILLed half way (after
-    the public key is replaced), then gen.py --list, sign.py and verify.py."""
-    env = script_env(JWT_KEYS_DIR=str(keys_dir))
-    assert run_script("gen.py", "--next", "--kid", "k2", *BITS, env=env).returncode == 0
-    before = snapshot(keys_dir)
-    wrapper = (
-        "import os, runpy, signal, sys\n"
-        "real, calls = os.replace, []\n"
-        "def replace(src, dst):\n"
-        "    if os.path.basename(dst) == '.private.key':\n"
-        "        os.kill(os.getpid(), signal.SIGKILL)\n"
-        "    real(src, dst)\n"
-        "os.replace = replace\n"
-        "sys.argv = ['gen.py', '--promote']\n"
-        f"runpy.run_path({str(ROOT / 'gen.py')!r}, run_name='__main__')\n"
-    )
-    killed = subprocess.run(
-        [sys.executable, "-c", wrapper], env=env, capture_output=True, timeout=60, check=False
-    )
-    assert killed.returncode == -signal.SIGKILL
-    assert {p.name for p in keys_dir.iterdir()} > set(before)  # journal, copies of keys
-    listed = run_script("gen.py", "--list", env=env)
-    assert listed.returncode == 0
-    assert (
-        listed.stderr
-        == f"gen: a gen.py command was interrupted in {keys_dir}: its change is undone\n"
-    )
-    assert [line.split()[:2] for line in listed.stdout.splitlines()] == [
-        ["next", "k2"], ["current", "my-key-id"]
-    ]  # fmt: skip
-    assert snapshot(keys_dir) == before
-    for script in ("sign.py", "verify.py"):
-        result = run_script(script, env=env)
-        assert result.returncode == 0, result.stderr
-    promoted = run_script("gen.py", "--promote", env=env)
-    assert promoted.returncode == 0 and promoted.stderr == ""
 
 
 # --- refusals that must change nothing --------------------------------------------------------

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.conftest import (
+from tests.helpers import (
     ROOT,
     Server,
     ServerFactory,
@@ -203,3 +203,56 @@ def test_banner_means_listening_and_taken_port_is_one_line(
     finally:
         process.terminate()
         process.wait(TIMEOUT)
+
+
+@pytest.mark.e2e
+def test_recovers_within_seconds_of_the_jwks_server_starting(
+    keys_dir: Path, start_server: ServerFactory, make_token: TokenFactory
+) -> None:
+    jwks_port = free_port()
+    protected = start_server(
+        "protected_server.py", "PROTECTED_PORT", JWKS_URI=f"http://127.0.0.1:{jwks_port}/keys"
+    )  # JWKS_REQUESTS_PER_MINUTE: the default 5, so a 12 s spacing
+    url = f"{protected.base}/with-auth"
+    headers = {"Authorization": f"Bearer {make_token()}"}
+    down = requests.get(url, headers=headers, timeout=10)
+    assert down.status_code == 503
+    assert down.headers["Retry-After"] == "1"
+    start_server("jwks_server.py", "JWKS_PORT", port=jwks_port, JWT_KEYS_DIR=str(keys_dir))
+    up = time.monotonic()
+    while (answer := requests.get(url, headers=headers, timeout=10)).status_code == 503:
+        # Far above the ~1 s expected, far below the 12 s spacing it used to wait.
+        assert time.monotonic() - up < 6, "still 503 long after the JWKS server answers"
+        time.sleep(0.05)
+    assert answer.status_code == 200
+
+
+@pytest.mark.e2e
+def test_gen_force_while_the_servers_run_is_picked_up_without_restart(
+    keys_dir: Path, start_server: ServerFactory
+) -> None:
+    """gen.py --force makes a new key under the same kid: tokens signed with it are accepted
+    at once (the guide's 5 fetches a minute), and tokens of the old key are refused."""
+    env = script_env(JWT_KEYS_DIR=str(keys_dir))
+    jwks = start_server("jwks_server.py", "JWKS_PORT", JWT_KEYS_DIR=str(keys_dir))
+    protected = start_server("protected_server.py", "PROTECTED_PORT", JWKS_URI=f"{jwks.base}/keys")
+
+    def call(token: str) -> requests.Response:
+        headers = {"Authorization": f"Bearer {token}"}
+        return requests.get(f"{protected.base}/with-auth", headers=headers, timeout=10)
+
+    def sign() -> str:
+        result = run_script("sign.py", env=env)
+        assert result.returncode == 0, result.stderr
+        return result.stdout.split()[-1]
+
+    old = sign()
+    assert call(old).status_code == 200
+    result = run_script("gen.py", "--force", "--bits", "2048", env=env)
+    assert result.returncode == 0, result.stderr
+    new = sign()
+    assert call(new).status_code == 200
+    refused = call(old)
+    assert refused.status_code == 401
+    assert "signature" in refused.json()["error_description"]
+    assert call(new).status_code == 200

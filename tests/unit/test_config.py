@@ -27,7 +27,7 @@ from jwt_guide.config import (
     parse_duration,
 )
 from jwt_guide.errors import UsageError
-from tests.conftest import ROOT, assert_clean_error, run_script, script_env
+from tests.helpers import ROOT, assert_clean_error, error_line, script_env
 
 HUGE = "9" * 400  # a number of seconds too large for a float
 
@@ -40,17 +40,6 @@ MAINS: dict[str, MainFunction] = {
     "protected_server": protected_server.main,
     "make_request": make_request.main,
 }
-SCRIPTS = (
-    "gen.py", "sign.py", "verify.py", "jwks_server.py", "protected_server.py", "make_request.py",
-)  # fmt: skip
-
-
-def error_line(err: str) -> str:
-    """The one line an expected failure prints to stderr (and no traceback, no secret)."""
-    assert_clean_error(err)
-    lines = err.splitlines()
-    assert len(lines) == 1, f"expected exactly one stderr line, got {len(lines)}:\n{err}"
-    return lines[0]
 
 
 # --- defaults and overrides ----------------------------------------------------------------
@@ -243,16 +232,6 @@ def test_bad_value_stops_every_script_with_one_line(
 
 
 # --- --help --------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("script", SCRIPTS, ids=SCRIPTS)
-def test_help_works_with_no_keys(script: str, tmp_path: Path) -> None:
-    keys = tmp_path / "keys"
-    result = run_script(script, "--help", env=script_env(JWT_KEYS_DIR=str(keys)), timeout=30)
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.startswith("usage: ")
-    assert result.stderr == ""
-    assert not keys.exists()
 
 
 @pytest.mark.parametrize("name", ["JWT_KID", "JWT_ISSUER"])

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 
@@ -24,10 +25,8 @@ from tests.helpers import (
     Server,
     ServerFactory,
     TokenFactory,
-    free_port,
-    script_env,
     sign_token,
-    start_script,
+    spawn_server,
     wait_until_listening,
 )
 
@@ -80,6 +79,17 @@ def other_private_key() -> RSAPrivateKey:
 
 
 @pytest.fixture
+def fast_key_loading(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Private keys load without OpenSSL's checks of the key itself (100 ms and more for a
+    4096-bit key, each time a test signs): the keys here are the tests' own, made by gen."""
+    monkeypatch.setattr(
+        serialization,
+        "load_pem_private_key",
+        functools.partial(serialization.load_pem_private_key, unsafe_skip_rsa_key_validation=True),
+    )
+
+
+@pytest.fixture
 def make_token(private_key: RSAPrivateKey) -> TokenFactory:
     """``sign_token`` with the session key: keyword arguments override or add claims."""
     return functools.partial(sign_token, private_key)
@@ -92,14 +102,7 @@ def start_server(tmp_path: Path) -> Iterator[ServerFactory]:
     servers: list[Server] = []
 
     def factory(script: str, port_variable: str, port: int | None = None, **env: str) -> Server:
-        port = port or free_port()
-        log = tmp_path / f"{script}-{port}-{len(servers)}.log"
-        with log.open("wb") as out:
-            process = start_script(
-                script, env=script_env(**{port_variable: str(port)}, **env), log=out,
-                cwd=tmp_path,
-            )
-        server = Server(process, port, log)
+        server = spawn_server(script, port_variable, tmp_path, port=port, **env)
         servers.append(server)
         wait_until_listening(server)
         return server

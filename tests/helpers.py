@@ -73,6 +73,30 @@ def error_line(err: str) -> str:
     return lines[0]
 
 
+def refusal(
+    main: Callable[[list[str]], int], argv: list[str], code: int,
+    capsys: pytest.CaptureFixture[str],
+) -> str:
+    """Run a script's ``main(argv)`` expecting exit ``code`` and nothing on stdout; return
+    the one line it printed to stderr (no traceback, no secret)."""
+    assert main(argv) == code
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    return error_line(captured.err)
+
+
+def usage_error(
+    main: Callable[[list[str]], int], argv: list[str], capsys: pytest.CaptureFixture[str]
+) -> str:
+    """Run a script's ``main(argv)`` expecting argparse's exit 2; return its one stderr line."""
+    with pytest.raises(SystemExit) as exited:
+        main(argv)
+    assert exited.value.code == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    return error_line(captured.err)
+
+
 # --- tokens, keys, time ---------------------------------------------------------------------
 
 
@@ -372,6 +396,20 @@ class Server:
 
 
 ServerFactory = Callable[..., Server]  # the start_server fixture
+
+
+def spawn_server(
+    script: str, port_variable: str, folder: Path, *, port: int | None = None, **env: str
+) -> Server:
+    """Start ``jwks_server.py`` or ``protected_server.py`` on ``port`` (default: a free one),
+    logging to a file in ``folder``; not waited for (see ``wait_until_listening``)."""
+    port = port or free_port()
+    log = folder / f"{script}-{port}.log"
+    with log.open("wb") as out:
+        process = start_script(
+            script, env=script_env(**{port_variable: str(port)}, **env), log=out, cwd=folder
+        )
+    return Server(process, port, log)
 
 
 def wait_until_listening(server: Server, deadline_seconds: float = 20) -> None:

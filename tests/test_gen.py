@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey, RSAPubl
 import gen
 from jwt_guide import keystore
 from jwt_guide.config import DEFAULT_PASSPHRASE
-from tests.helpers import assert_clean_error, error_line
+from tests.helpers import assert_clean_error, refusal, usage_error
 
 PRIVATE = ".private.key"
 PUBLIC = ".public.key.pem"
@@ -205,14 +205,11 @@ def test_existing_keys_are_not_replaced_without_force(
             (keys_dir / name).unlink()
     (keys_dir / keystore.KEYRING_FILE).unlink(missing_ok=True)
     before = key_files(keys_dir)
-    assert gen.main(FAST) == 1
-    captured = capsys.readouterr()
-    line = error_line(captured.err)
+    line = refusal(gen.main, FAST, 1, capsys)
     assert line.startswith("gen: ")
     assert "exist" in line
     assert "invalidat" in line
     assert "--force" in line
-    assert captured.out == ""
     assert key_files(keys_dir) == before
 
 
@@ -224,11 +221,7 @@ def test_existing_keys_are_not_replaced_without_force(
 def test_bits_must_be_at_least_2048(
     bits: str, needle: str, empty_keys_dir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    with pytest.raises(SystemExit) as exited:
-        gen.main([f"--bits={bits}"])
-    assert exited.value.code == 2
-    captured = capsys.readouterr()
-    line = error_line(captured.err)
+    line = usage_error(gen.main, [f"--bits={bits}"], capsys)
     assert "--bits" in line
     assert needle in line
     assert not empty_keys_dir.exists()
@@ -238,13 +231,10 @@ def test_empty_passphrase_is_refused(
     empty_keys_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.setenv("JWT_PASSPHRASE", "")
-    assert gen.main(FAST) == 2
-    captured = capsys.readouterr()
-    line = error_line(captured.err)
+    line = refusal(gen.main, FAST, 2, capsys)
     assert line.startswith("gen: ")
     assert "JWT_PASSPHRASE" in line
     assert "empty" in line
-    assert captured.out == ""
     assert key_files(empty_keys_dir) == {}
 
 
@@ -269,25 +259,12 @@ def test_failed_write_leaves_no_half_key_pair(
         real_replace(src, dst, *args, **kwargs)
 
     monkeypatch.setattr(os, "replace", failing_replace)
-    assert gen.main(["--force", *FAST] if existing else FAST) == 1
-    captured = capsys.readouterr()
-    line = error_line(captured.err)
+    line = refusal(gen.main, ["--force", *FAST] if existing else FAST, 1, capsys)
     assert line.startswith("gen: ")
     assert "Input/output error" in line
     assert key_files(keys_dir) == before
     assert keys_dir.exists() == existing  # a failed first run does not leave an empty folder
     assert not failures
-
-
-def test_help_works_with_no_keys(empty_keys_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    with pytest.raises(SystemExit) as exited:
-        gen.main(["--help"])
-    assert exited.value.code == 0
-    out = capsys.readouterr().out
-    assert out.startswith("usage: gen.py")
-    assert "--bits" in out
-    assert "--force" in out
-    assert not empty_keys_dir.exists()
 
 
 def test_generation_errors_reach_the_main_thread(

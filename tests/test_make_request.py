@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import json
-import threading
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -14,64 +10,30 @@ import pytest
 import requests
 
 import make_request
-from tests.helpers import assert_clean_error, error_line, free_port
+from tests.helpers import (
+    RecordingServer,
+    assert_clean_error,
+    error_line,
+    free_port,
+    refusal,
+)
 
 TOKEN = "eyJhbGciOiJSUzI1NiJ9.eyJ1c2VySWQiOiJhLWItYy1kIn0.c2lnbmF0dXJl"
 
 
-@dataclass
-class FakeBackend:
-    """A tiny HTTP server on 127.0.0.1 that answers every GET with ``status`` and ``body``."""
-
-    url: str
-    status: int = 200
-    body: bytes = b""
-    content_type: str = "text/plain"
-    seen: list[dict[str, Any]] = field(default_factory=list)
-
-    def answer(self, status: int, body: str | dict[str, Any], content_type: str = "") -> None:
-        self.status = status
-        if isinstance(body, dict):
-            self.body, self.content_type = json.dumps(body).encode(), "application/json"
-        else:
-            self.body, self.content_type = body.encode(), content_type or "text/plain"
+URL_PATH = "/with-auth"
 
 
 @pytest.fixture
-def backend(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeBackend]:
-    """A FakeBackend set as PROTECTED_URL, with token.txt holding TOKEN."""
-    holder: list[FakeBackend] = []
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            fake = holder[0]
-            fake.seen.append({"method": "GET", "path": self.path, "headers": dict(self.headers)})
-            self.send_response(fake.status)
-            self.send_header("Content-Type", fake.content_type)
-            self.send_header("Content-Length", str(len(fake.body)))
-            self.end_headers()
-            self.wfile.write(fake.body)
-
-        def log_message(self, format: str, *args: Any) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, args=(0.01,), daemon=True)
-    thread.start()
-    port = server.server_address[1]
-    fake = FakeBackend(f"http://127.0.0.1:{port}/with-auth")
-    holder.append(fake)
+def backend(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[RecordingServer]:
+    """A recording server set as PROTECTED_URL, with token.txt holding TOKEN."""
     keys = tmp_path / "keys"
     keys.mkdir()
     (keys / "token.txt").write_text(TOKEN + "\n")
-    monkeypatch.setenv("JWT_KEYS_DIR", str(keys))
-    monkeypatch.setenv("PROTECTED_URL", fake.url)
-    try:
-        yield fake
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(5)
+    with RecordingServer() as server:
+        monkeypatch.setenv("JWT_KEYS_DIR", str(keys))
+        monkeypatch.setenv("PROTECTED_URL", server.base + URL_PATH)
+        yield server
 
 
 @pytest.mark.parametrize(
@@ -81,9 +43,9 @@ def backend(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeBac
     ids=["200", "201", "299"],
 )  # fmt: skip
 def test_success_prints_the_body(
-    status: int, body: str, backend: FakeBackend, capsys: pytest.CaptureFixture[str]
+    status: int, body: str, backend: RecordingServer, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    backend.answer(status, body)
+    backend.serve(body, status)
     assert make_request.main([]) == 0
     captured = capsys.readouterr()
     assert captured.out == body + "\n"
@@ -91,15 +53,13 @@ def test_success_prints_the_body(
 
 
 def test_sends_the_token_as_bearer(
-    backend: FakeBackend, capsys: pytest.CaptureFixture[str]
+    backend: RecordingServer, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    backend.answer(200, "ok")
+    backend.serve("ok")
     assert make_request.main([]) == 0
-    assert len(backend.seen) == 1
-    request = backend.seen[0]
-    assert request["method"] == "GET"
-    assert request["path"] == "/with-auth"
-    assert request["headers"]["Authorization"] == f"Bearer {TOKEN}"
+    [(path, headers)] = backend.requests  # a GET: the only method it answers
+    assert path == URL_PATH
+    assert headers["Authorization"] == f"Bearer {TOKEN}"
 
 
 ERRORS = [
@@ -128,10 +88,10 @@ def test_error_answer_is_one_line(
     body: str | dict[str, Any],
     expected: str,
     *,
-    backend: FakeBackend,
+    backend: RecordingServer,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    backend.answer(status, body)
+    backend.serve(body, status)
     assert make_request.main([]) == 1
     captured = capsys.readouterr()
     line = error_line(captured.err)
@@ -151,17 +111,14 @@ def test_unreachable_server(
     (keys / "token.txt").write_text(TOKEN)
     monkeypatch.setenv("JWT_KEYS_DIR", str(keys))
     monkeypatch.setenv("PROTECTED_URL", url)
-    assert make_request.main([]) == 1
-    captured = capsys.readouterr()
-    line = error_line(captured.err)
+    line = refusal(make_request.main, [], 1, capsys)
     assert line.startswith("make_request: ")
     assert url in line
     assert "protected_server.py" in line
-    assert captured.out == ""
 
 
 def test_every_call_has_a_timeout(
-    backend: FakeBackend, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    backend: RecordingServer, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     calls: list[dict[str, Any]] = []
 
@@ -177,37 +134,26 @@ def test_every_call_has_a_timeout(
     values = timeout if isinstance(timeout, tuple) else (timeout,)
     assert all(isinstance(v, int | float) and 0 < v <= 60 for v in values)
     line = error_line(capsys.readouterr().err)
-    assert backend.url in line
+    assert backend.base + URL_PATH in line
 
 
 def test_missing_token(
-    backend: FakeBackend, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    backend: RecordingServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     token_path = tmp_path / "keys" / "token.txt"
     token_path.unlink()
-    assert make_request.main([]) == 2
-    captured = capsys.readouterr()
-    line = error_line(captured.err)
+    line = refusal(make_request.main, [], 2, capsys)
     assert str(token_path) in line
     assert line.endswith("run sign.py first")
-    assert captured.out == ""
-    assert backend.seen == []
+    assert backend.requests == []
 
 
-def test_unexpected_argument(backend: FakeBackend, capsys: pytest.CaptureFixture[str]) -> None:
+def test_unexpected_argument(backend: RecordingServer, capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exited:
         make_request.main(["--bogus"])
     assert exited.value.code == 2
     error_line(capsys.readouterr().err)
-    assert backend.seen == []
-
-
-def test_help_works_with_no_keys(empty_keys_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    with pytest.raises(SystemExit) as exited:
-        make_request.main(["--help"])
-    assert exited.value.code == 0
-    assert capsys.readouterr().out.startswith("usage: make_request.py")
-    assert not empty_keys_dir.exists()
+    assert backend.requests == []
 
 
 @pytest.mark.parametrize(

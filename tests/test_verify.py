@@ -580,16 +580,6 @@ def test_inspect_missing_token(empty_keys_dir: Path, capsys: pytest.CaptureFixtu
     assert out == ""
 
 
-def test_help_works_with_no_keys(empty_keys_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, _ = run(["--help"], capsys)
-    assert code == 0
-    assert out.startswith("usage: verify.py")
-    for option in ("--token", "--token-file", "--public-key", "--max-age", "--leeway",
-                   "--inspect"):  # fmt: skip
-        assert option in out
-    assert not empty_keys_dir.exists()
-
-
 # --- the key, chosen by kid among the folder's published keys ------------------------------
 
 BITS = ["--bits", "2048"]  # the key choice does not depend on the key size; keep tests fast

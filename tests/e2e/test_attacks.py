@@ -15,14 +15,10 @@ import hashlib
 import hmac
 import json
 import string
-import subprocess
-import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -40,12 +36,13 @@ import verify
 from jwt_guide.config import DEFAULT_ISSUER, DEFAULT_KID
 from jwt_guide.tokens import MAX_TOKEN_BYTES
 from tests.helpers import (
-    ROOT,
+    RecordingServer,
     Server,
     assert_clean_error,
     b64,
-    free_port,
-    script_env,
+    jwk_of,
+    key_set,
+    spawn_server,
     wait_until_listening,
 )
 
@@ -269,61 +266,31 @@ ALGORITHM_ATTACKS = [
     Attack("alg-null", lambda k: k.token({"alg": None, "kid": DEFAULT_KID}), "algorithm"),
 ]
 
+# A header parameter pointing at the attacker's key (or holding it), with the right kid, the
+# attacker's kid or none: none is ever used to find a key (SPEC: jku, x5u, jwk, x5c).
+KEY_SOURCES: dict[str, Callable[[Kit], dict[str, Any]]] = {
+    "jwk-header-attacker-key": lambda k: {"jwk": k.attacker_jwk()},
+    "jku": lambda k: {"jku": f"{k.attacker}{ATTACK_PATH}/jwks"},
+    "x5u": lambda k: {"x5u": f"{k.attacker}{ATTACK_PATH}/cert.pem"},
+    "x5c-attacker-cert": lambda k: {"x5c": [k.attacker_cert()]},
+}
+KIDS = {"right-kid": (DEFAULT_KID, "invalid signature"), "attacker-kid":
+        ("attacker-kid", "unknown kid"), "no-kid": (None, "malformed")}  # fmt: skip
+
+
+def _key_source_attack(source: str, kid: str) -> Attack:
+    value, reason = KIDS[kid]
+    parameters = KEY_SOURCES[source]
+    return Attack(
+        f"{source}-{kid}",
+        lambda k: k.token(k.header(**parameters(k), kid=value), key=k.other),
+        reason,
+    )
+
+
 KEY_ATTACKS = [
-    Attack(
-        "other-key-right-kid",
-        lambda k: k.token(key=k.other),
-        "invalid signature",
-    ),
-    Attack(
-        "jwk-header-attacker-key",
-        lambda k: k.token(k.header(jwk=k.attacker_jwk()), key=k.other),
-        "invalid signature",
-    ),
-    Attack(
-        "jwk-header-attacker-key-no-kid",
-        lambda k: k.token(k.header(jwk=k.attacker_jwk(), kid=None), key=k.other),
-        "malformed",
-    ),
-    Attack(
-        "jku-right-kid",
-        lambda k: k.token(k.header(jku=f"{k.attacker}{ATTACK_PATH}/jwks"), key=k.other),
-        "invalid signature",
-    ),
-    Attack(
-        "jku-attacker-kid",
-        lambda k: k.token(
-            k.header(jku=f"{k.attacker}{ATTACK_PATH}/jwks", kid="attacker-kid"), key=k.other
-        ),
-        "unknown kid",
-    ),
-    Attack(
-        "jku-no-kid",
-        lambda k: k.token(k.header(jku=f"{k.attacker}{ATTACK_PATH}/jwks", kid=None), key=k.other),
-        "malformed",
-    ),
-    Attack(
-        "x5u-right-kid",
-        lambda k: k.token(k.header(x5u=f"{k.attacker}{ATTACK_PATH}/cert.pem"), key=k.other),
-        "invalid signature",
-    ),
-    Attack(
-        "x5u-attacker-kid",
-        lambda k: k.token(
-            k.header(x5u=f"{k.attacker}{ATTACK_PATH}/cert.pem", kid="attacker-kid"), key=k.other
-        ),
-        "unknown kid",
-    ),
-    Attack(
-        "x5c-attacker-cert",
-        lambda k: k.token(k.header(x5c=[k.attacker_cert()]), key=k.other),
-        "invalid signature",
-    ),
-    Attack(
-        "x5c-attacker-cert-no-kid",
-        lambda k: k.token(k.header(x5c=[k.attacker_cert()], kid=None), key=k.other),
-        "malformed",
-    ),
+    Attack("other-key-right-kid", lambda k: k.token(key=k.other), "invalid signature"),
+    *(_key_source_attack(source, kid) for source in KEY_SOURCES for kid in KIDS),
 ]
 
 # kid values that are strings: both verifiers choose the key by kid (verify.py among the keys
@@ -738,72 +705,28 @@ def _params(attacks: list[Attack]) -> list[Any]:
 # --- fixtures ----------------------------------------------------------------------------
 
 
-@dataclass
-class AttackerServer:
-    """A local HTTP server that records every request: no verifier may ever call it."""
-
-    base: str
-    paths: list[str]
-
-    def attack_hits(self) -> list[str]:
-        """Requests made to the URLs that hostile tokens point at."""
-        return [p for p in self.paths if p.startswith(ATTACK_PATH)]
+def attack_hits(attacker: RecordingServer) -> list[str]:
+    """Requests made to the URLs that hostile tokens point at."""
+    return [p for p in attacker.paths() if p.startswith(ATTACK_PATH)]
 
 
 @pytest.fixture(scope="module")
-def attacker(other_private_key: RSAPrivateKey) -> Iterator[AttackerServer]:
+def attacker(other_private_key: RSAPrivateKey) -> Iterator[RecordingServer]:
     """The attacker's server: it would serve a JWKS with the attacker's key, if asked."""
-    paths: list[str] = []
-    jwk: Json = RSAAlgorithm.to_jwk(other_private_key.public_key(), as_dict=True)
-    jwks = json.dumps({"keys": [{**jwk, "kid": DEFAULT_KID, "use": "sig", "alg": "RS256"}]})
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            paths.append(self.path)
-            body = jwks.encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, format: str, *args: Any) -> None:
-            pass
-
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05})
-    thread.start()
-    try:
-        yield AttackerServer(f"http://127.0.0.1:{httpd.server_address[1]}", paths)
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
-        thread.join(5)
-    assert not [p for p in paths if p.startswith(ATTACK_PATH)], "a token's URL was fetched"
+    with RecordingServer() as server:
+        server.serve(key_set(jwk_of(other_private_key, DEFAULT_KID)))
+        yield server
+        assert not attack_hits(server), "a token's URL was fetched"
 
 
 @pytest.fixture(scope="module")
 def kit(
-    private_key: RSAPrivateKey, other_private_key: RSAPrivateKey, attacker: AttackerServer
+    private_key: RSAPrivateKey, other_private_key: RSAPrivateKey, attacker: RecordingServer
 ) -> Kit:
     """Keys for building tokens: the real one, the attacker's RSA and EC keys."""
     return Kit(
         private_key, other_private_key, ec.generate_private_key(ec.SECP256R1()), attacker.base
     )
-
-
-def _spawn(script: str, port_variable: str, folder: Path, **env: str) -> Server:
-    port = free_port()
-    log = folder / f"{script}-{port}.log"
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [sys.executable, str(ROOT / script)],
-            env=script_env(**{port_variable: str(port)}, **env),
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            cwd=folder,
-        )
-    return Server(process, port, log)
 
 
 @pytest.fixture(scope="module")
@@ -815,13 +738,13 @@ def servers(
     folder = tmp_path_factory.mktemp("attack-servers")
     started: list[Server] = []
     try:
-        jwks = _spawn("jwks_server.py", "JWKS_PORT", folder, JWT_KEYS_DIR=str(session_keys))
+        jwks = spawn_server("jwks_server.py", "JWKS_PORT", folder, JWT_KEYS_DIR=str(session_keys))
         started.append(jwks)
-        env = {"JWKS_URI": f"{jwks.base}/keys"}
-        plain = _spawn("protected_server.py", "PROTECTED_PORT", folder, **env)
+        uri = f"{jwks.base}/keys"
+        plain = spawn_server("protected_server.py", "PROTECTED_PORT", folder, JWKS_URI=uri)
         started.append(plain)
-        with_audience = _spawn(
-            "protected_server.py", "PROTECTED_PORT", folder, JWT_AUDIENCE=AUDIENCE, **env
+        with_audience = spawn_server(
+            "protected_server.py", "PROTECTED_PORT", folder, JWT_AUDIENCE=AUDIENCE, JWKS_URI=uri
         )
         started.append(with_audience)
         for server in started:
@@ -903,10 +826,10 @@ def test_valid_token_is_accepted_by_both(
     assert response.text.startswith('Result: {"userId":"a-b-c-d","iat":')
 
 
-def test_attacker_server_counts_requests(attacker: AttackerServer) -> None:
-    before = len(attacker.paths)
+def test_attacker_server_counts_requests(attacker: RecordingServer) -> None:
+    before = len(attacker.paths())
     requests.get(f"{attacker.base}/probe", timeout=HTTP_TIMEOUT).raise_for_status()
-    assert attacker.paths[before:] == ["/probe"]
+    assert attacker.paths()[before:] == ["/probe"]
 
 
 @pytest.mark.parametrize("attack", _params(ATTACKS))
@@ -914,17 +837,17 @@ def test_verify_refuses(
     attack: Attack,
     kit: Kit,
     keys_dir: Path,
-    attacker: AttackerServer,
+    attacker: RecordingServer,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     code, out, err = run_verify(attack.build(kit), capsys)
     assert_refused_by_verify(code, out, err, *attack.reasons())
-    assert attacker.attack_hits() == []
+    assert attack_hits(attacker) == []
 
 
 @pytest.mark.parametrize("attack", _params(ATTACKS))
 def test_verify_inspect_reports(
-    attack: Attack, kit: Kit, keys_dir: Path, attacker: AttackerServer,
+    attack: Attack, kit: Kit, keys_dir: Path, attacker: RecordingServer,
     capsys: pytest.CaptureFixture[str],
 ) -> None:  # fmt: skip
     # --inspect shows what the token claims (unverified) and must still refuse it, cleanly.
@@ -935,16 +858,16 @@ def test_verify_inspect_reports(
     last = out.splitlines()[-1]
     assert last.startswith("checks failing: "), out
     assert any(reason in last for reason in attack.reasons()), last
-    assert attacker.attack_hits() == []
+    assert attack_hits(attacker) == []
 
 
 @pytest.mark.parametrize("attack", _params(ATTACKS))
 def test_server_refuses(
-    attack: Attack, kit: Kit, protected: Server, attacker: AttackerServer
+    attack: Attack, kit: Kit, protected: Server, attacker: RecordingServer
 ) -> None:
     response = call(protected, f"Bearer {attack.build(kit)}")
     assert_refused_by_server(response, attack)
-    assert attacker.attack_hits() == []
+    assert attack_hits(attacker) == []
 
 
 @pytest.mark.parametrize("attack", _params(AUD_REQUIRED_ATTACKS))

@@ -5,13 +5,11 @@ from __future__ import annotations
 import os
 import signal
 import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import ROOT, assert_clean_error, free_port, run_script, script_env
+from tests.helpers import assert_clean_error, free_port, run_script, script_env, start_script
 
 pytestmark = pytest.mark.e2e
 
@@ -78,10 +76,7 @@ def test_interrupted_demo_stops_everything_in_one_line(
     env = script_env(
         JWT_KEYS_DIR=str(keys_dir), JWKS_PORT=str(jwks_port), PROTECTED_PORT=str(protected_port)
     )
-    demo = subprocess.Popen(
-        [sys.executable, str(ROOT / "tools" / "demo.py")], env=env, start_new_session=True,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+    demo = start_script("tools/demo.py", env=env, session=True)
     try:
         assert demo.stdout is not None
         seen = []

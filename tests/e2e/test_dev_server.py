@@ -6,28 +6,27 @@ the constant shortened; here every check runs with the production settings.
 
 from __future__ import annotations
 
-import contextlib
-import json
 import signal
 import socket
-import subprocess
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import requests
 
 from tests.helpers import (
-    ROOT,
     Server,
     ServerFactory,
     TokenFactory,
     assert_clean_error,
     free_port,
+    get,
+    padding,
+    raw_exchange,
     run_script,
     script_env,
+    start_script,
     wait_until_listening,
 )
 
@@ -36,65 +35,6 @@ pytestmark = pytest.mark.e2e
 TIMEOUT = 10.0
 SCRIPTS = [("jwks_server.py", "JWKS_PORT"), ("protected_server.py", "PROTECTED_PORT")]
 SCRIPT_IDS = ["jwks", "protected"]
-
-
-@dataclass
-class RawAnswer:
-    """What a server sent back to raw bytes: status (0 if none), header block, body."""
-
-    status: int
-    head: bytes
-    body: bytes
-
-    def header(self, name: bytes) -> bytes | None:
-        """The value of header ``name`` (case-insensitive), or None."""
-        for line in self.head.split(b"\r\n")[1:]:
-            key, _, value = line.partition(b":")
-            if key.strip().lower() == name.lower():
-                return value.strip()
-        return None
-
-    def json(self) -> dict[str, str]:
-        """The body as the project's JSON error; fails the test if it is not one."""
-        assert self.header(b"Content-Type") == b"application/json", self.head
-        parsed = json.loads(self.body)
-        assert set(parsed) == {"error", "error_description"}, parsed
-        return dict(parsed)
-
-
-def raw_exchange(port: int, data: bytes, timeout: float = TIMEOUT) -> RawAnswer:
-    """Send raw bytes to 127.0.0.1:port and read until the server closes the connection.
-
-    Raises TimeoutError if the server neither answers nor closes within ``timeout``.
-    """
-    received = b""
-    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
-        with contextlib.suppress(OSError):  # the server may answer before reading it all
-            sock.sendall(data)
-        with contextlib.suppress(ConnectionResetError):
-            while chunk := sock.recv(65536):
-                received += chunk
-    head, _, body = received.partition(b"\r\n\r\n")
-    parts = head.split(b" ", 2)
-    status = int(parts[1]) if head.startswith(b"HTTP/1.") and len(parts) > 1 else 0
-    return RawAnswer(status, head, body)
-
-
-def get(path: bytes, *headers: bytes) -> bytes:
-    """A raw GET request for ``path`` with ``headers`` (``b"Name: value"``)."""
-    lines = [b"GET " + path + b" HTTP/1.1", b"Host: 127.0.0.1", *headers]
-    return b"\r\n".join(lines) + b"\r\n\r\n"
-
-
-def padding(total: int) -> list[bytes]:
-    """Headers whose names and values add up to ``total`` bytes, each line far below 64 KiB."""
-    headers: list[bytes] = []
-    left = total
-    while left > 0:
-        size = min(left, 4000)
-        headers.append(b"X-Pad-%03d: " % len(headers) + b"p" * (size - 9))
-        left -= size
-    return headers
 
 
 # Request lines that are not HTTP/1.x requests, with the status they must get.
@@ -225,10 +165,9 @@ def test_more_silent_connections_than_descriptors_is_no_busy_loop(
     port = free_port()
     log = tmp_path / "jwks.log"
     with log.open("wb") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-c", limited, str(ROOT / "jwks_server.py")],
-            env=script_env(JWKS_PORT=str(port), JWT_KEYS_DIR=str(keys_dir)),
-            stdout=out, stderr=subprocess.STDOUT, cwd=tmp_path,
+        process = start_script(
+            "jwks_server.py", env=script_env(JWKS_PORT=str(port), JWT_KEYS_DIR=str(keys_dir)),
+            log=out, cwd=tmp_path, python=("-c", limited),
         )  # fmt: skip
     server = Server(process, port, log)
     silent: list[socket.socket] = []

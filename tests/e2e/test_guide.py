@@ -9,8 +9,6 @@ from __future__ import annotations
 import contextlib
 import json
 import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -18,7 +16,6 @@ import pytest
 import requests
 
 from tests.helpers import (
-    ROOT,
     Server,
     ServerFactory,
     TokenFactory,
@@ -26,6 +23,7 @@ from tests.helpers import (
     free_port,
     run_script,
     script_env,
+    start_script,
 )
 
 pytestmark = pytest.mark.e2e
@@ -186,13 +184,10 @@ def test_banner_means_listening_and_taken_port_is_one_line(
     """As with Express's listen callback, a client may connect as soon as the banner shows."""
     port = free_port()
     env = script_env(JWT_KEYS_DIR=str(keys_dir), **{port_variable: str(port)})
-    process = subprocess.Popen(
-        [sys.executable, str(ROOT / script)], env=env, stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+    process = start_script(script, env=env)
     try:
         assert process.stdout is not None
-        assert process.stdout.readline().decode() == f"{banner} {port}\n"
+        assert process.stdout.readline() == f"{banner} {port}\n"
         socket.create_connection(("127.0.0.1", port), TIMEOUT).close()
         taken = run_script(script, env=env)
         assert taken.returncode == 1

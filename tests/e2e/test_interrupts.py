@@ -35,6 +35,16 @@ def assert_interrupted(process: subprocess.Popen[str], out: str, err: str) -> No
     assert_clean_error(out + err)
 
 
+def interrupt_once_blocked(process: subprocess.Popen[str], fifo: Path) -> tuple[str, str]:
+    """SIGINT ``process`` once it is blocked reading ``fifo``; its stdout and stderr."""
+    writer = open_fifo_writer(fifo, process)
+    try:
+        process.send_signal(signal.SIGINT)
+        return process.communicate(timeout=20)
+    finally:
+        os.close(writer)
+
+
 def _importing(pid: int) -> bool:
     """Whether ``pid`` has loaded cryptography's native module: past interpreter start-up and
     into the script's own imports, which go on for a good while after it."""
@@ -86,12 +96,7 @@ def test_ctrl_c_while_sign_py_waits_exits_130_in_one_line(keys_dir: Path) -> Non
     (keys_dir / ".private.key").unlink()
     os.mkfifo(keys_dir / ".private.key")
     process = start_script("sign.py", env=script_env(JWT_KEYS_DIR=str(keys_dir)))
-    writer = open_fifo_writer(keys_dir / ".private.key", process)
-    try:
-        process.send_signal(signal.SIGINT)
-        out, err = process.communicate(timeout=20)
-    finally:
-        os.close(writer)
+    out, err = interrupt_once_blocked(process, keys_dir / ".private.key")
     assert_interrupted(process, out, err)
     assert not (keys_dir / "token.txt").exists()
 
@@ -103,12 +108,7 @@ def test_ctrl_c_while_verify_py_reads_exits_130_in_one_line(keys_dir: Path, tmp_
     process = start_script(
         "verify.py", "--token-file", str(fifo), env=script_env(JWT_KEYS_DIR=str(keys_dir))
     )
-    writer = open_fifo_writer(fifo, process)
-    try:
-        process.send_signal(signal.SIGINT)
-        out, err = process.communicate(timeout=20)
-    finally:
-        os.close(writer)
+    out, err = interrupt_once_blocked(process, fifo)
     assert_interrupted(process, out, err)
 
 

@@ -72,15 +72,23 @@ def make_client(
     return JwksClient(server.uri, cache_seconds, per_minute, clock=clock)
 
 
+def warm_client(
+    server: RecordingServer, clock: FakeClock, jwk: dict[str, Any], **options: Any
+) -> JwksClient:
+    """A client (``make_client`` options) that has fetched a key set holding ``jwk`` once."""
+    server.serve(key_set(jwk))
+    client = make_client(server, clock, **options)
+    assert client.get_key(jwk["kid"]) is not None
+    return client
+
+
 # --- caching --------------------------------------------------------------------------------
 
 
 def test_keys_are_cached_for_cache_seconds(
     server: RecordingServer, clock: FakeClock, good_jwk: dict[str, Any]
 ) -> None:
-    server.serve(key_set(good_jwk))
-    client = make_client(server, clock, cache_seconds=600)
-    assert client.get_key("good") is not None
+    client = warm_client(server, clock, good_jwk, cache_seconds=600)
     clock.advance(599)
     for _ in range(20):
         assert client.get_key("good") is not None
@@ -124,9 +132,7 @@ def test_server_max_age_is_honoured_within_bounds(
 def test_unknown_kid_refetch_is_spaced(
     server: RecordingServer, clock: FakeClock, good_jwk: dict[str, Any]
 ) -> None:
-    server.serve(key_set(good_jwk))
-    client = make_client(server, clock, per_minute=60)  # spacing: one second
-    assert client.get_key("good") is not None
+    client = warm_client(server, clock, good_jwk, per_minute=60)  # spacing: one second
     assert server.count == 1
     assert client.get_key("unknown") is None  # the cold fetch does not start the spacing
     assert server.count == 2
@@ -148,9 +154,7 @@ def test_key_promoted_just_after_a_fetch_is_fetched_at_once(
     other_private_key: RSAPrivateKey,
 ) -> None:
     """A rotation right after the protected server's first fetch: no 401 for the new kid."""
-    server.serve(key_set(good_jwk))
-    client = make_client(server, clock)  # 5 a minute: spacing 12 s
-    assert client.get_key("good") is not None
+    client = warm_client(server, clock, good_jwk)  # 5 a minute: spacing 12 s
     clock.advance(2)
     server.serve(key_set(good_jwk, jwk_of(other_private_key, "promoted")))
     assert client.get_key("promoted") is not None
@@ -186,9 +190,7 @@ def test_flood_of_random_kids_is_rate_limited_and_a_new_key_still_arrives(
     spacing = 60 / per_minute
     fetch_times: list[float] = []
     server.on_request = lambda: fetch_times.append(clock.now)
-    server.serve(key_set(good_jwk))
-    client = make_client(server, clock, per_minute=per_minute)
-    assert client.get_key("good") is not None
+    client = warm_client(server, clock, good_jwk, per_minute=per_minute)
     start = clock.now
     published_at: float | None = None
     accepted_at: float | None = None
@@ -277,9 +279,7 @@ def _in_thread(call: Callable[[], object]) -> tuple[threading.Thread, list[objec
 def test_cached_key_does_not_wait_for_a_slow_fetch(
     server: RecordingServer, clock: FakeClock, good_jwk: dict[str, Any], stale: bool
 ) -> None:
-    server.serve(key_set(good_jwk))
-    client = make_client(server, clock, per_minute=60)
-    assert client.get_key("good") is not None
+    client = warm_client(server, clock, good_jwk, per_minute=60)
     clock.advance(601 if stale else 2)
     server.gate = threading.Event()  # the next fetch hangs until the test releases it
     fetching, _ = _in_thread(lambda: client.get_key("unknown"))
@@ -513,9 +513,7 @@ def test_unusable_keys_are_filtered_from_a_real_fetch(
 def test_stale_keys_keep_verifying_while_the_server_fails(
     server: RecordingServer, clock: FakeClock, good_jwk: dict[str, Any]
 ) -> None:
-    server.serve(key_set(good_jwk))
-    client = make_client(server, clock, cache_seconds=600)
-    assert client.get_key("good") is not None
+    client = warm_client(server, clock, good_jwk, cache_seconds=600)
     server.serve(b"<html>down for maintenance</html>", status=503)
     clock.advance(601)
     assert client.get_key("good") is not None
@@ -531,9 +529,7 @@ def test_stale_keys_keep_verifying_while_the_server_fails(
 def test_stale_keys_survive_a_stopped_server(
     server: RecordingServer, clock: FakeClock, good_jwk: dict[str, Any]
 ) -> None:
-    server.serve(key_set(good_jwk))
-    client = make_client(server, clock)
-    assert client.get_key("good") is not None
+    client = warm_client(server, clock, good_jwk)
     server.stop()
     clock.advance(700)
     assert client.get_key("good") is not None
@@ -795,8 +791,7 @@ def test_refresh_key_finds_a_key_replaced_under_the_same_kid(
     private_key: RSAPrivateKey,
     other_private_key: RSAPrivateKey,
 ) -> None:
-    server.serve(key_set(jwk_of(private_key, "k")))
-    client = make_client(server, clock)  # 5 a minute: spacing 12 s
+    client = warm_client(server, clock, jwk_of(private_key, "k"))  # 5 a minute: spacing 12 s
     old = client.get_key("k")
     assert old is not None
     clock.advance(1)
@@ -822,8 +817,7 @@ def test_refresh_key_when_the_kid_is_gone_or_the_fetch_fails(
     private_key: RSAPrivateKey,
     other_private_key: RSAPrivateKey,
 ) -> None:
-    server.serve(key_set(jwk_of(private_key, "k")))
-    client = make_client(server, clock, per_minute=60)
+    client = warm_client(server, clock, jwk_of(private_key, "k"), per_minute=60)
     old = client.get_key("k")
     assert old is not None
     server.serve(b"", status=500)
@@ -840,8 +834,7 @@ def test_refresh_key_uses_a_key_set_another_request_just_fetched(
     private_key: RSAPrivateKey,
     other_private_key: RSAPrivateKey,
 ) -> None:
-    server.serve(key_set(jwk_of(private_key, "k")))
-    client = make_client(server, clock)
+    client = warm_client(server, clock, jwk_of(private_key, "k"))
     old = client.get_key("k")
     assert old is not None
     server.serve(key_set(jwk_of(other_private_key, "k")))

@@ -7,15 +7,10 @@ the folder it leaves is then recovered and compared with the states before and a
 
 from __future__ import annotations
 
-import errno
-import itertools
 import json
 import os
-import shutil
 import signal
-import stat
-import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -40,91 +35,7 @@ from jwt_guide.keystore import (
     thumbprint,
     utc_now,
 )
-
-# The functions of os through which keystore changes files.
-FS_CALLS = ("write", "fsync", "replace", "rename", "link", "unlink", "mkdir", "rmdir")
-HOW = ("sigkill", "sigint", "oserror")
-
-State = dict[str, tuple[bytes, int]]
-
-
-def snapshot(folder: Path) -> State:
-    """Every file of the folder with its bytes and mode."""
-    return {p.name: (p.read_bytes(), stat.S_IMODE(p.stat().st_mode)) for p in folder.iterdir()}
-
-
-def _fail_at(n: int, how: str) -> Callable[[], int]:
-    """From now on, the nth call of FS_CALLS in this process SIGKILLs it (a write is torn
-    first), sends it SIGINT (then goes on, as a real Ctrl-C would), or raises EIO; n = 0
-    never fails. Returns a function giving the number of calls so far."""
-    calls = itertools.count(1)
-    made = [0]
-
-    def patched(name: str, real: Callable[..., Any]) -> Callable[..., Any]:
-        def call(*args: Any, **kwargs: Any) -> Any:
-            made[0] = next(calls)
-            if made[0] == n:
-                if how == "oserror":
-                    raise OSError(errno.EIO, "Input/output error", str(args[0]))
-                if how == "sigkill" and name == "write":
-                    real(args[0], bytes(args[1])[: max(1, len(args[1]) // 2)])
-                os.kill(os.getpid(), signal.SIGKILL if how == "sigkill" else signal.SIGINT)
-            return real(*args, **kwargs)
-
-        return call
-
-    for name in FS_CALLS:
-        setattr(os, name, patched(name, getattr(os, name)))
-    return lambda: made[0]
-
-
-def run_failing_at(n: int, how: str, target: Callable[[], int]) -> tuple[tuple[str, int], int]:
-    """Run ``target()`` in a forked child whose nth file-changing call fails as ``how`` says.
-
-    Returns the outcome, ``("exit", code)`` or ``("signal", number)``, and the number of
-    calls the child made (if it exited). Its output is discarded; an unexpected exception is
-    printed to this process's stderr (exit code 98).
-    """
-    read_end, write_end = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the child: never returns into pytest
-        code = 97
-        err = os.dup(2)
-        try:
-            os.close(read_end)
-            null = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(null, 1)
-            os.dup2(null, 2)
-            calls_made = _fail_at(n, how)
-            code = target()
-            os.write(write_end, str(calls_made()).encode())
-        except BaseException:
-            os.write(err, traceback.format_exc().encode())
-            code = 98
-        finally:
-            os._exit(code)
-    os.close(write_end)
-    with os.fdopen(read_end, "rb") as reported:
-        made = int(reported.read() or 0)
-    _, status = os.waitpid(pid, 0)
-    if os.WIFSIGNALED(status):
-        return ("signal", os.WTERMSIG(status)), made
-    return ("exit", os.WEXITSTATUS(status)), made
-
-
-def every_failure(
-    how: str, template: Path, work: Path, target: Callable[[], int]
-) -> Iterator[tuple[int, tuple[str, int]]]:
-    """Copy ``template`` to ``work`` and run ``target`` (which changes ``work``) failing at
-    its nth file-changing call, for every n; yield n and the outcome."""
-    shutil.copytree(template, work)
-    outcome, total = run_failing_at(0, how, target)
-    assert outcome == ("exit", 0) and total > 0
-    for n in range(1, total + 1):
-        shutil.rmtree(work)
-        shutil.copytree(template, work)
-        yield n, run_failing_at(n, how, target)[0]
-
+from tests.helpers import every_failure, snapshot
 
 # --- apply_locked and recover on plain files -------------------------------------------------
 

@@ -4,7 +4,6 @@ process): every command, its refusals, and crash safety at every file change."""
 from __future__ import annotations
 
 import base64
-import functools
 import json
 import os
 import shutil
@@ -15,7 +14,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 from jwcrypto.jwk import JWK
@@ -281,11 +279,7 @@ def scenario(
     forked children: they take 30-100 ms a key, and a command runs about 40 times.
     """
     _, setup, argv = next(c for c in COMMANDS if c[0] == request.param)
-    monkeypatch.setattr(
-        serialization,
-        "load_pem_private_key",
-        functools.partial(serialization.load_pem_private_key, unsafe_skip_rsa_key_validation=True),
-    )
+    request.getfixturevalue("fast_key_loading")
     shutil.rmtree(keys_dir)
     keys_dir.mkdir()
     if setup is not None:

@@ -14,6 +14,8 @@ from jwt_guide import JwtGuideError, Signer, UsageError, Verifier
 from jwt_guide.config import DEFAULT_ISSUER, DEFAULT_KID, load_config
 from tests.helpers import assert_clean_error
 
+pytestmark = pytest.mark.usefixtures("fast_key_loading")
+
 NOW = 1_700_000_000
 
 

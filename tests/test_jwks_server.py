@@ -1,4 +1,5 @@
-"""jwks_server.py in process: the key set, its caching headers, errors, and --export."""
+"""jwks_server.py, step 4.a, in process: --export, refusing to start without a key, Ctrl-C
+before serving (the app itself: tests/unit/http/test_jwks_app.py)."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """The development servers end to end (``make jwks-server``, ``make protected-server``):
 the real scripts as subprocesses, probed with raw sockets for what clients like ``requests``
-never send. The deadline for slow requests is tested in process (tests/test_web.py), with
-the constant shortened; here every check runs with the production settings.
+never send. The deadline for slow requests is tested in process, with the constant shortened
+(tests/unit/http/test_devserver.py); here every check runs with the production settings.
 """
 
 from __future__ import annotations

@@ -30,7 +30,7 @@ pytestmark = pytest.mark.e2e
 # checked on the command line by test_granian_command_holds_the_limits.
 SHORT_TIMEOUT = 2
 WAIT_CLOSED = 10.0  # far above SHORT_TIMEOUT: only a connection never closed fails
-# Start serve.py with a shorter READ_TIMEOUT_SECONDS, as monkeypatch would in process.
+# Start make serve's supervisor with a shorter READ_TIMEOUT_SECONDS, as monkeypatch would.
 SHORT_TIMEOUT_SERVE = (
     "import sys; from jwt_guide.http import serve; "
     f"serve.READ_TIMEOUT_SECONDS = {SHORT_TIMEOUT}; sys.exit(serve.main())"
@@ -79,7 +79,7 @@ def _accepts(port: int) -> bool:
 
 @dataclass
 class Serve:
-    """serve.py (or make serve) running as a subprocess, with its two ports and its log."""
+    """``python -m jwt_guide.http.serve`` (or make serve) as a subprocess, its ports and log."""
 
     process: subprocess.Popen[bytes]
     jwks_port: int
@@ -125,8 +125,8 @@ ServeFactory = Callable[..., Serve]
 
 @pytest.fixture
 def start_serve(keys_dir: Path, tmp_path: Path) -> Iterator[ServeFactory]:
-    """Start ``command`` (default: serve.py) on two free ports with one worker each, wait
-    until it prints its banners; everything it started is stopped at teardown."""
+    """Start ``command`` (default: ``python -m jwt_guide.http.serve``) on two free ports, one
+    worker each, wait until it prints its banners; all it started is stopped at teardown."""
     started: list[Serve] = []
 
     def factory(*command: str) -> Serve:
@@ -192,7 +192,7 @@ def test_serve_runs_the_guide_and_stops_on_sigterm(
 def _assert_all_gone(server: Serve, seconds: float = 10) -> None:
     deadline = time.monotonic() + seconds
     while any(_alive(pid) for pid in server.seen) or any(map(_accepts, server.ports)):
-        assert time.monotonic() < deadline, "granian processes outlived serve.py"
+        assert time.monotonic() < deadline, "granian processes outlived the supervisor"
         time.sleep(0.05)
 
 
@@ -219,7 +219,7 @@ def test_sigkill_of_serve_takes_the_servers_and_workers_down(start_serve: ServeF
 
 @pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
 def test_sigint_to_make_alone_stops_make_serve(start_serve: ServeFactory) -> None:
-    # GNU make does not pass SIGINT on to its children (it does SIGTERM): serve.py must
+    # GNU make does not pass SIGINT on to its children (it does SIGTERM): the supervisor must
     # notice that make is exiting. -o: never reinstall the venv from a test.
     server = start_serve(
         sys.executable, "-c", EXEC_WITH_SIGINT, "make", "--no-print-directory", "-C", str(ROOT),
@@ -232,7 +232,7 @@ def test_sigint_to_make_alone_stops_make_serve(start_serve: ServeFactory) -> Non
     assert server.process.wait(20) == -signal.SIGINT
     text = server.output()
     assert "Stopping both servers\n" in text
-    assert "Error 130" in text  # make's own line: serve.py exited 130
+    assert "Error 130" in text  # make's own line: the supervisor exited 130
     assert_clean_error(text)
     assert not _alive(serve_py)
     _assert_all_gone(server)

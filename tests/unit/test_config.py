@@ -1,4 +1,5 @@
-"""config.py: defaults, environment overrides, validation; bad values stop every script cleanly."""
+"""jwt_guide.config: defaults, environment overrides, validation; a bad value stops every
+script cleanly."""
 
 from __future__ import annotations
 

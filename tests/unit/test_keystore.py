@@ -1,4 +1,4 @@
-"""keystore.py: atomic changes to the keys folder, crash recovery, and consistent reads.
+"""jwt_guide.keystore: atomic changes to the keys folder, crash recovery, and consistent reads.
 
 Crashes are real: a forked child applies a change and SIGKILLs itself at its nth call of a
 file-changing function of ``os`` (a write is torn: half its bytes first), for every n, and

@@ -1,5 +1,5 @@
-"""devserver.py in process: the serving limits of both apps (``app.test_client``), and the
-development server run in a thread with a short request deadline."""
+"""jwt_guide.http.devserver in process: the development server run in a thread with a short
+request deadline, its connection bound, and its refusals of a bad host or a taken port."""
 
 from __future__ import annotations
 

@@ -16,6 +16,10 @@ SERVING := $(VENV)/.installed-serve
 
 install: $(TESTING) $(SERVING)
 
+# setuptools prints a boxed note on every editable install (newer pips show it even with
+# --quiet): "be careful with folders named like your package", which is the point here.
+$(RUNTIME) $(TESTING) $(SERVING): export PYTHONWARNINGS = ignore:Editable installation
+
 $(RUNTIME): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11) and "Python 3.11+ is needed: set PYTHON=python3.11")'
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)

@@ -1,0 +1,1 @@
+"""Tools beside the guide (make demo, make bench and its peers): not installed, not steps."""

@@ -1,7 +1,9 @@
 """Step 4.b of the guide: a backend whose ``/with-auth`` needs a Bearer token.
 
 The app is a Flask app protected by ``JwtAuth``, the library's Flask extension, with the
-guide's one view. The token's ``kid`` picks the key from the JWKS (``JWKS_URI``); the token
+guide's one view, plus ``/auth`` for a gateway's ``auth_request``. Both are answered from the
+verified claims alone, so ``JwtAuth.endpoint`` serves them ahead of Flask's routing (its
+WSGI fast path). The token's ``kid`` picks the key from the JWKS (``JWKS_URI``); the token
 is then checked as verify.py checks it (one ``Verifier``, see jwt_guide/verifier.py). A
 valid token gets ``Result: <its claims as compact JSON>``; the refusals follow RFC 6750:
 401 without an error code when no Bearer token is sent, 400 ``invalid_request`` for a
@@ -20,10 +22,10 @@ if __name__ == "__main__":  # Ctrl-C while the imports below load: exit 130, no 
     signal.signal(signal.SIGINT, lambda signum, frame: sys.exit(130))
 
 import argparse
-import json
+import base64
 from collections.abc import Sequence
 
-from flask import Flask, Response, g
+from flask import Flask
 
 from jwt_guide import Verifier
 from jwt_guide.cli import ArgumentParser, run
@@ -33,6 +35,7 @@ from jwt_guide.http.devserver import run_dev_server
 from jwt_guide.http.errors import add_json_errors
 from jwt_guide.http.limits import apply_serving_limits
 from jwt_guide.jwks_client import JwksClient
+from jwt_guide.wsgi import Answer
 
 
 def create_app(
@@ -51,12 +54,16 @@ def create_app(
     auth = JwtAuth(app, verifier or Verifier(config=config, keys=jwks))
     add_json_errors(app)
 
-    @app.get("/with-auth", provide_automatic_options=False)
-    @auth.required
-    def with_auth() -> Response:
-        """The guide's protected endpoint: echo the verified claims."""
-        claims = json.dumps(g.jwt_claims, separators=(",", ":"), ensure_ascii=False)
-        return Response(f"Result: {claims}", mimetype="text/plain")
+    @auth.endpoint(app, "/with-auth")
+    def with_auth(claims: bytes) -> Answer:
+        """The guide's protected endpoint: echo the verified claims (compact JSON)."""
+        return 200, [("Content-Type", "text/plain; charset=utf-8")], b"Result: " + claims
+
+    @auth.endpoint(app, "/auth")
+    def auth_request(claims: bytes) -> Answer:
+        """For a gateway's ``auth_request``: 204 with the claims in ``X-Jwt-Claims``."""
+        encoded = base64.urlsafe_b64encode(claims).rstrip(b"=").decode("ascii")
+        return 204, [("X-Jwt-Claims", encoded)], b""
 
     apply_serving_limits(app)
     return app

@@ -147,6 +147,56 @@ def test_valid_token_gets_its_claims_as_compact_json_in_order(
     )
 
 
+def test_auth_is_204_with_the_claims_in_x_jwt_claims(
+    harness: HarnessFactory, make_token: TokenFactory
+) -> None:
+    h = harness()
+    token = make_token(now=int(h.clock.now), name="Zoë")
+    response = h.client.get("/auth", headers={"Authorization": f"Bearer {token}"})
+    assert (response.status_code, response.data) == (204, b"")
+    encoded = response.headers["X-Jwt-Claims"]
+    assert "=" not in encoded  # base64url without padding
+    claims = base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4)).decode()
+    assert "Result: " + claims == h.get(token).get_data(as_text=True)
+    assert len(h.verifications) == 1  # the second answer came from the token cache
+
+
+def test_head_of_with_auth_is_the_get_without_its_body(
+    harness: HarnessFactory, make_token: TokenFactory
+) -> None:
+    h = harness()
+    headers = {"Authorization": f"Bearer {make_token(now=int(h.clock.now))}"}
+    head = h.client.head("/with-auth", headers=headers)
+    get = h.client.get("/with-auth", headers=headers)
+    assert (head.status_code, head.data) == (200, b"")
+    assert head.headers == get.headers
+
+
+@pytest.mark.parametrize(
+    "authorization", [None, "Basic x", "Bearer a b", "Bearer e30.e30.", "Bearer " + "a" * 9000],
+    ids=["none", "basic", "two-parts", "garbage", "over-8-kib"],
+)  # fmt: skip
+def test_auth_refuses_exactly_as_with_auth(
+    harness: HarnessFactory, authorization: str | None
+) -> None:
+    h = harness()
+    headers = {} if authorization is None else {"Authorization": authorization}
+    auth, with_auth = (h.client.get(path, headers=headers) for path in ("/auth", "/with-auth"))
+    assert auth.status_code in (400, 401)
+    assert (auth.status_code, auth.data) == (with_auth.status_code, with_auth.data)
+    assert auth.headers == with_auth.headers
+    assert "X-Jwt-Claims" not in auth.headers
+
+
+def test_other_methods_and_paths_are_json_405_and_404(harness: HarnessFactory) -> None:
+    h = harness()
+    for path in ("/with-auth", "/auth"):
+        answer = h.client.post(path)
+        assert_error(answer, 405, "method_not_allowed")
+        assert answer.headers["Allow"] == "GET, HEAD"
+    assert_error(h.client.get("/with-auth/"), 404, "not_found")
+
+
 @pytest.mark.parametrize("scheme", ["Bearer", "bearer", "BEARER", "bEaReR"])
 def test_scheme_is_case_insensitive(
     harness: HarnessFactory, make_token: TokenFactory, scheme: str

@@ -16,8 +16,8 @@ a malformed Authorization header 400 ``invalid_request``; a token that does not 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from flask import Flask
 from werkzeug.exceptions import HTTPException
@@ -30,6 +30,8 @@ if TYPE_CHECKING:
 
 MAX_DESCRIPTION = 200
 REALM = "protected"
+
+T = TypeVar("T")
 
 
 def error_code(status: int) -> str:
@@ -143,3 +145,17 @@ def bearer_token(authorization: str | None) -> str:
     if len(parts) != 2:
         raise invalid_request("the Authorization header must be: Bearer <token>")
     return parts[1]
+
+
+def authenticate(authorization: str | None, verify: Callable[[str], T]) -> T:
+    """What ``verify`` (a ``Verifier``'s ``verify`` or ``verify_json``) makes of the Bearer
+    token of an ``Authorization`` header: the one check behind JwtAuth and BearerAuth.
+
+    Raises ApiError with the RFC 6750 answer: 401 without a Bearer header, 400 for a malformed
+    one, 401 ``invalid_token`` for a refused token, 503 when no key set can be had.
+    """
+    token = bearer_token(authorization)
+    try:
+        return verify(token)
+    except (InvalidToken, KeysUnavailable) as e:
+        raise refusal(e) from e

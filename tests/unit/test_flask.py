@@ -8,11 +8,13 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 from flask import Flask, g
 from werkzeug.exceptions import HTTPException
+from werkzeug.test import Client
 
 from jwt_guide import Verifier
 from jwt_guide.config import DEFAULT_KID, load_config
 from jwt_guide.flask import JwtAuth
 from jwt_guide.jwks_client import FetchError, JwksClient
+from jwt_guide.wsgi import Answer, BearerEndpoints
 from tests.helpers import FakeClock, TokenFactory, assert_clean_error, jwk_of
 
 URI = "http://127.0.0.1:9/keys"
@@ -164,3 +166,62 @@ def test_a_view_of_an_app_without_init_app_is_a_bug() -> None:
 
     with pytest.raises(RuntimeError, match="init_app"):
         app.test_client().get("/x", headers={"Authorization": "Bearer a.b.c"})
+
+
+def endpoint_app(auth: JwtAuth, hooks: list[str]) -> Flask:
+    """A host app with a claims endpoint /me (JSON) and /check (204), recording its hooks."""
+    app = host_app(auth)
+    auth.init_app(app)
+
+    @auth.endpoint(app, "/me")
+    def me(claims: bytes) -> Answer:
+        """The caller's claims, as JSON."""
+        return 200, [("Content-Type", "application/json")], claims
+
+    @auth.endpoint(app, "/check")
+    def check(claims: bytes) -> Answer:
+        return 204, [("X-Checked", str(len(claims)))], b""
+
+    @app.before_request
+    def before() -> None:
+        hooks.append("before")
+
+    return app
+
+
+def test_endpoint_is_answered_before_flask_and_routed_by_it_alike(
+    auth: JwtAuth, make_token: TokenFactory
+) -> None:
+    hooks: list[str] = []
+    app = endpoint_app(auth, hooks)
+    headers = {"Authorization": f"Bearer {make_token(role='x')}"}
+    fast = app.test_client().get("/me", headers=headers)
+    assert (fast.status_code, fast.mimetype) == (200, "application/json")
+    assert fast.json is not None and fast.json["role"] == "x"
+    assert hooks == []  # the WSGI fast path: Flask did not run
+    # The same rule as Flask routes it (the app without its fast path in front) answers alike.
+    assert isinstance(app.wsgi_app, BearerEndpoints)
+    routed = Client(app.wsgi_app.app).get("/me", headers=headers)
+    assert hooks == ["before"]
+    assert (routed.status_code, routed.data) == (fast.status_code, fast.data)
+    assert sorted(routed.headers.items()) == sorted(fast.headers.items())
+    for path in ("/check", "/me"):  # refusals: the RFC 6750 answers, whatever the host renders
+        fast, routed = (Client(a).get(path) for a in (app, app.wsgi_app.app))
+        assert fast.status_code == routed.status_code == 401
+        assert fast.data == routed.data and fast.json is not None
+    checked = [Client(a).get("/check", headers=headers) for a in (app, app.wsgi_app.app)]
+    assert [c.status_code for c in checked] == [204, 204]
+    assert sorted(checked[0].headers.items()) == sorted(checked[1].headers.items())
+    assert "Content-Type" not in checked[0].headers
+
+
+def test_endpoint_other_methods_get_flask_s_405(auth: JwtAuth) -> None:
+    hooks: list[str] = []
+    answer = endpoint_app(auth, hooks).test_client().post("/me")
+    assert (answer.status_code, answer.text) == (405, "<h1>host error</h1>")  # the host's page
+    assert hooks == ["before"]
+
+
+def test_endpoint_needs_init_app_first(auth: JwtAuth) -> None:
+    with pytest.raises(RuntimeError, match="init_app"):
+        auth.endpoint(Flask("host"), "/me")

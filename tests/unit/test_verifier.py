@@ -5,6 +5,7 @@ The JWKS is injected as a fetch function, or served on 127.0.0.1 by the test's o
 
 from __future__ import annotations
 
+import json
 import shutil
 import threading
 import time
@@ -167,6 +168,31 @@ def test_cached_claims_are_the_callers_own(
     again = verifier.verify(token)  # from the token cache
     assert len(verifier.cache) == 1
     assert again["roles"] == ["reader"] and again["userId"] == "a-b-c-d"
+
+
+@pytest.mark.parametrize("cache_size", [100, 0], ids=["cache-on", "cache-off"])
+def test_verify_json_is_the_claims_as_compact_utf8_json(
+    private_key: RSAPrivateKey, make_token: TokenFactory, cache_size: int
+) -> None:
+    verifier = jwks_verifier(Fetch(jwk_of(private_key, DEFAULT_KID)), token_cache_size=cache_size)
+    token = make_token(name="Zoë", nested={"b": 1, "a": [2.5]})
+    claims = verifier.verify(token)
+    expected = json.dumps(claims, separators=(",", ":"), ensure_ascii=False).encode()
+    assert verifier.verify_json(token) == expected
+    assert verifier.verify_json(token) == expected  # again: from the cache when it is on
+    assert len(verifier.cache) == (1 if cache_size else 0)
+    assert b'"name":"Zo\xc3\xab"' in expected
+
+
+def test_verify_json_refuses_as_verify(
+    private_key: RSAPrivateKey, make_token: TokenFactory
+) -> None:
+    verifier = jwks_verifier(Fetch(jwk_of(private_key, DEFAULT_KID)))
+    with pytest.raises(InvalidToken) as refused:
+        verifier.verify_json(make_token(exp=1))
+    assert refused.value.reason == "expired"
+    with pytest.raises(InvalidToken, match="larger than 8192"):
+        verifier.verify_json("a" * 8193)
 
 
 def test_two_verifiers_share_no_state(

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from flask import Flask, Response, abort, request
 from jwcrypto.jwk import JWK
-from werkzeug.http import HTTP_STATUS_CODES, parse_etags
+from werkzeug.http import parse_etags
 
 from jwt_guide.config import PUBLIC_KEY_FILE, Config, load_config
 from jwt_guide.errors import JwtGuideError, UsageError
@@ -83,6 +83,24 @@ class JwksCache:
 
 
 Answer = tuple[int, list[tuple[str, str]], bytes]
+Headers = list[tuple[str, str]]
+
+
+def etag_matches(if_none_match: str | None, etag: str) -> bool:
+    """Whether an ``If-None-Match`` header names ``etag`` (weak comparison, RFC 9110 13.1.2)."""
+    if not if_none_match:
+        return False
+    # A client sends back the ETag as it got it: one string comparison, before werkzeug's
+    # parsing of lists, weak tags and "*" (which costs more than the rest of a 304).
+    return if_none_match == f'"{etag}"' or parse_etags(if_none_match).contains_weak(etag)
+
+
+def key_set_headers(body: bytes, etag: str, cache_control: str) -> tuple[Headers, Headers]:
+    """The headers of the 200 answer with ``body`` and of the 304 answer."""
+    not_modified = [("ETag", f'"{etag}"'), ("Cache-Control", cache_control)]
+    # A 304 may not say Content-Length: 0 (RFC 9110 8.6), nor a Content-Type.
+    ok = [*not_modified, ("Content-Type", "application/json"), ("Content-Length", str(len(body)))]
+    return ok, not_modified
 
 
 def key_set_answer(cache: JwksCache, cache_control: str, if_none_match: str | None) -> Answer:
@@ -91,22 +109,24 @@ def key_set_answer(cache: JwksCache, cache_control: str, if_none_match: str | No
     Raises JwtGuideError (from ``JwksCache.get``) when there is no key set to serve.
     """
     body, etag = cache.get()
-    headers = [("ETag", f'"{etag}"'), ("Cache-Control", cache_control)]
-    if if_none_match and parse_etags(if_none_match).contains_weak(etag):
-        return 304, headers, b""
-    return 200, [*headers, ("Content-Type", "application/json")], body
+    ok, not_modified = key_set_headers(body, etag, cache_control)
+    if etag_matches(if_none_match, etag):
+        return 304, not_modified, b""
+    return 200, ok, body
 
 
 class KeySetMiddleware:
     """Answers GET and HEAD of the key set paths before Flask's routing and response objects,
-    which cost more than the rest of such a request (measured by ``make bench``). Anything
-    else, and a key set that cannot be built, goes on to the Flask app, which renders errors.
+    which cost more than the rest of such a request (measured by ``make bench``); the headers
+    of both answers are built once per key set. Anything else, and a key set that cannot be
+    built, goes on to the Flask app, which renders errors.
     """
 
     def __init__(self, app: WSGIApplication, cache: JwksCache, cache_control: str) -> None:
         self.app = app
         self.cache = cache
         self.cache_control = cache_control
+        self._headers: tuple[str, Headers, Headers] = ("", [], [])  # for which ETag
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         """The WSGI entry point."""
@@ -114,14 +134,17 @@ class KeySetMiddleware:
         if environ.get("PATH_INFO") not in KEY_SET_PATHS or method not in ("GET", "HEAD"):
             return self.app(environ, start_response)
         try:
-            status, headers, body = key_set_answer(
-                self.cache, self.cache_control, environ.get("HTTP_IF_NONE_MATCH")
-            )
+            body, etag = self.cache.get()
         except JwtGuideError:
             return self.app(environ, start_response)
-        if status == 200:  # a 304 may not say Content-Length: 0 (RFC 9110 8.6)
-            headers = [*headers, ("Content-Length", str(len(body)))]
-        start_response(f"{status} {HTTP_STATUS_CODES[status]}", headers)
+        built = self._headers
+        if built[0] != etag:
+            built = self._headers = (etag, *key_set_headers(body, etag, self.cache_control))
+        # The lists are shared by every answer: neither granian nor werkzeug changes them.
+        if etag_matches(environ.get("HTTP_IF_NONE_MATCH"), etag):
+            start_response("304 Not Modified", built[2])
+            return [b""]
+        start_response("200 OK", built[1])
         return [b""] if method == "HEAD" else [body]
 
 

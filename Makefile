@@ -63,7 +63,7 @@ serve: $(SERVING)
 	$(PY) -m jwt_guide.http.serve
 
 bench: $(SERVING)
-	$(PY) tools/bench.py
+	$(PY) -m tools.bench
 
 lint: $(TESTING)
 	$(VENV)/bin/ruff check .

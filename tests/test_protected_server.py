@@ -193,7 +193,7 @@ def test_other_methods_and_paths_are_json_405_and_404(harness: HarnessFactory) -
     for path in ("/with-auth", "/auth"):
         answer = h.client.post(path)
         assert_error(answer, 405, "method_not_allowed")
-        assert answer.headers["Allow"] == "GET, HEAD"
+        assert set(answer.headers["Allow"].split(", ")) == {"GET", "HEAD"}
     assert_error(h.client.get("/with-auth/"), 404, "not_found")
 
 

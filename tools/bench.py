@@ -1,19 +1,23 @@
-"""make bench: how fast the project serves and verifies, as ratios to baselines it builds itself.
+"""make bench: our servers against the fastest peers, and verification against raw RSA, in one run.
 
 Everything is measured in one run on this machine, so that the ratios mean something on a
 busy or slow one:
 
+- over HTTP, with ``wrk -t1 -c16``: both servers under ``make serve``'s granian command,
+  against fastify 5 + fast-jwt 6 + get-jwks under ``node:cluster`` (verified-token cache on,
+  and off) for ``/with-auth`` and ``/auth``, and against nginx serving ``jwks_server.py
+  --export`` output as a static file for ``/keys`` and its 304 (tools/bench_peers: each built
+  in a temporary folder, skipped with a one-line reason when node or nginx is missing). The
+  sides alternate (peer first in one round, ours first in the next); each ratio is the median
+  of the rounds' ratios, and its spread is shown;
 - in process: ``Verifier.verify`` on fresh tokens against raw ``cryptography`` RSA
   verification on the same 4096-bit key (the floor no verifier can go under);
-- over HTTP, with ``wrk -t1 -c16`` (Debian's ``wrk``): both servers under the same granian
-  command as ``make serve``, against the guide's Node.js original (Express, express-jwt,
-  jwks-rsa, built with npm in a temporary folder) and against a hello-world Flask app under
-  the same server (the framework's ceiling);
-- the protected server's memory (RSS) per worker, idle and after the load.
+- the protected server's memory (RSS) per worker: idle, after the load, and while hostile
+  clients hold every connection it accepts with request heads as large as granian buffers.
 
-Keys, tokens, apps and logs live in a temporary folder that is removed at the end; nothing is
-written into the repository. Not a test: CI does not run it, and the numbers are noisy when
-the machine is busy (run it twice).
+Keys, tokens, peers and logs live in temporary folders that are removed at the end; nothing
+is written into the repository. Not a test: CI does not run it, and the numbers are noisy
+when the machine is busy (run it twice).
 """
 
 from __future__ import annotations
@@ -27,13 +31,14 @@ import re
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
 import tracemalloc
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import jwt
@@ -45,67 +50,17 @@ from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 from jwt_guide import Signer, Verifier, rotation, tokens
 from jwt_guide.config import Config, load_config
 from jwt_guide.errors import JwtGuideError
-from jwt_guide.http.serve import granian_command
+from jwt_guide.http import serve
 from jwt_guide.keys import PemFileKey, PublishedKey
 from jwt_guide.keystore import load_public_key
-from jwt_guide.verifier import TokenCache, Verified
+from jwt_guide.verifier import TokenCache, Verified, compact_json
+from tools.bench_peers import peers
 
 ROOT = Path(__file__).resolve().parent.parent  # protected_server.py, the guide's step 4.b
 CONNECTIONS = 16
 DISTINCT_TOKENS = 300
-NODE_PACKAGES = ("express@4", "jsonwebtoken@9", "express-jwt@8", "jwks-rsa@3", "pem-jwk@2")
 ENV_PREFIXES = ("JWT_", "JWKS_", "PROTECTED_", "TOKEN_CACHE")
-
-HELLO_APP = '''"""A hello-world Flask app: the framework's ceiling under the same server."""
-from flask import Flask
-
-
-def create_app() -> Flask:
-    app = Flask(__name__)
-
-    @app.get("/")
-    def hello() -> str:
-        return "Hello, World!"
-
-    return app
-'''
-
-# The guide's two backends, as it writes them (one Node.js process each).
-NODE_JWKS = """const express = require('express');
-const fs = require('fs');
-const { pem2jwk } = require('pem-jwk');
-const port = Number(process.env.JWKS_PORT);
-const app = express();
-app.get('/keys', (req, res) => {
-  const publicKey = fs.readFileSync(process.env.JWT_KEYS_DIR + '/.public.key.pem', 'utf8');
-  const jwk = { ...pem2jwk(publicKey), kid: process.env.JWT_KID, use: 'sig', alg: 'RS256' };
-  res.json({ keys: [jwk] });
-});
-app.listen(port, '127.0.0.1', () => console.log(`JWKS API is on port ${port}`));
-"""
-NODE_PROTECTED = """const express = require('express');
-const { expressjwt } = require('express-jwt');
-const jwksRsa = require('jwks-rsa');
-const port = Number(process.env.PROTECTED_PORT);
-const app = express();
-app.get('/with-auth', expressjwt({
-  secret: jwksRsa.expressJwtSecret({
-    cache: true, rateLimit: true, jwksRequestsPerMinute: 5, jwksUri: process.env.JWKS_URI,
-  }),
-  algorithms: ['RS256'], issuer: process.env.JWT_ISSUER, maxAge: '1d',
-}), (req, res) => res.send(`Result: ${JSON.stringify(req.auth)}`));
-app.listen(port, '127.0.0.1', () => console.log(`Backend is running on port ${port}`));
-"""
-
-# wrk sends a different token with each request, in turn.
-DISTINCT_LUA = """local tokens = {}
-for line in io.lines("%s") do tokens[#tokens + 1] = line end
-local i = 0
-request = function()
-  i = i %% #tokens + 1
-  return wrk.format("GET", "/with-auth", {["Authorization"] = "Bearer " .. tokens[i]})
-end
-"""
+WRK_INSTALL = "sudo apt-get install wrk (Debian/Ubuntu)"
 
 
 class BenchError(JwtGuideError):
@@ -120,9 +75,26 @@ class Load:
     p99_ms: float
     bad: int  # responses that were not 2xx/3xx, plus socket errors
 
-    def __str__(self) -> str:
-        text = f"{self.rps:,.0f}/s p99 {self.p99_ms:.1f} ms"
-        return text + (f" ({self.bad} ERRORS)" if self.bad else "")
+
+@dataclass(frozen=True)
+class Target:
+    """Where one side of a comparison sends its load: a URL, with headers or a wrk script."""
+
+    url: str
+    headers: tuple[str, ...] = ()
+    script: Path | None = None
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """A target of the performance issue: ours against a peer, ratio of requests/s."""
+
+    measure: str
+    ours: str  # names in the loads
+    peer: str
+    peer_title: str
+    target: float
+    p99: bool = False  # also: p99 no higher than the peer's
 
 
 @dataclass
@@ -134,15 +106,28 @@ class Row:
     baseline: str
     ratio: float | None
     target: float | None
+    spread: tuple[float, float] | None = None
 
     def cells(self) -> list[str]:
         """The row as table cells; the verdict compares the ratio with the target."""
         ratio = "-" if self.ratio is None else f"{self.ratio:.2f}x"
+        if self.spread is not None and self.ratio is not None:
+            ratio += f" ({self.spread[0]:.2f}-{self.spread[1]:.2f})"
         target = "" if self.target is None else f">= {self.target:g}x"
         verdict = ""
         if self.ratio is not None and self.target is not None:
             verdict = "ok" if self.ratio >= self.target else "MISSED"
         return [self.measure, self.ours, self.baseline, ratio, target, verdict]
+
+
+@dataclass
+class Setup:
+    """What the HTTP part runs against: the loads' targets and why a peer is missing."""
+
+    servers: Servers
+    targets: dict[str, Target] = field(default_factory=dict)
+    groups: list[tuple[str | None, list[str]]] = field(default_factory=list)  # (peer, ours)
+    skipped: dict[str, str] = field(default_factory=dict)  # peer -> one-line reason
 
 
 # ---------------------------------------------------------------------------- set-up
@@ -154,34 +139,29 @@ def make_tokens(config: Config, count: int) -> list[str]:
     return [signer.sign({"userId": "a-b-c-d", "n": i}) for i in range(count)]
 
 
-def free_port() -> int:
-    """A TCP port that is free on 127.0.0.1 right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def base_env(work: Path) -> dict[str, str]:
-    """The environment of every server: the user's, less the project's settings but
+    """The environment of our servers: the user's, less the project's settings but
     SERVER_WORKERS, with the benchmark's keys."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(ENV_PREFIXES)}
     env["JWT_KEYS_DIR"] = str(work / "keys")
-    env["PYTHONPATH"] = os.pathsep.join((str(ROOT), str(work)))
+    env["PYTHONPATH"] = str(ROOT)
     env["PYTHONDONTWRITEBYTECODE"] = "1"
     return env
 
 
 class Servers:
-    """Servers started by the benchmark, each in its own process group; stops them all."""
+    """Our servers, started by the benchmark, each in its own process group; stops them all."""
 
     def __init__(self, work: Path) -> None:
         self.work = work
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
 
-    def start(self, name: str, command: list[str], env: Mapping[str, str], port: int) -> int:
-        """Start ``command`` as ``name``, wait until ``port`` accepts connections, return it."""
+    def start(self, name: str, target: str, env: Mapping[str, str], workers: int) -> int:
+        """Serve ``target`` as make serve does, on a free port; wait until it accepts."""
+        port = peers.free_port()
         log = (self.work / f"{name}.log").open("wb")
-        self.processes[name] = subprocess.Popen(  # noqa: S603 (our own commands)
+        command = serve.granian_command(target, "127.0.0.1", port, workers)
+        self.processes[name] = subprocess.Popen(  # noqa: S603 (our own command)
             command, env=dict(env), cwd=self.work, stdout=log, stderr=log,
             start_new_session=True,
         )  # fmt: skip
@@ -208,82 +188,133 @@ class Servers:
             process.wait()
 
 
-def start_python_servers(servers: Servers, env: Mapping[str, str], workers: int) -> dict[str, int]:
-    """The JWKS server, the protected server (token cache on and off) and hello, under granian."""
-    jwks = free_port()
-    ports = {"jwks": jwks}
+def etag_of(url: str) -> str:
+    """The ETag the key set at ``url`` is served with; raises BenchError if there is none."""
+    answer = requests.get(url, timeout=5)
+    if answer.status_code != 200 or "ETag" not in answer.headers:
+        raise BenchError(f"GET {url} answered {answer.status_code} without an ETag")
+    return answer.headers["ETag"]
+
+
+def export_key_set(work: Path, env: Mapping[str, str]) -> Path:
+    """``jwks_server.py --export``: the key set as a file, for the static peer."""
+    path = work / "jwks.json"
+    subprocess.run(  # noqa: S603 (our own script)
+        [sys.executable, str(ROOT / "jwks_server.py"), "--export", str(path)],
+        env=dict(env), capture_output=True, timeout=60, check=True,
+    )  # fmt: skip
+    return path
+
+
+def ours(stack: contextlib.ExitStack, work: Path, env: Mapping[str, str], *, workers: int,
+         token: str, distinct: Path) -> Setup:  # fmt: skip
+    """Start our three servers (JWKS; protected, token cache on and off); their targets."""
+    servers = Servers(work)
+    stack.callback(servers.stop)  # also if a start fails
+    jwks = servers.start("jwks", "jwt_guide.http.jwks_app:create_app", env, workers)
     uri = f"http://127.0.0.1:{jwks}/keys"
-    command = granian_command("jwt_guide.http.jwks_app:create_app", "127.0.0.1", jwks, workers)
-    servers.start("jwks", command, env, jwks)
-    for name, cache in (("protected", None), ("protected-nocache", "0")):
-        port = free_port()
-        extra = {"JWKS_URI": uri} | ({"TOKEN_CACHE_SIZE": cache} if cache else {})
-        command = granian_command("protected_server:create_app", "127.0.0.1", port, workers)
-        ports[name] = servers.start(name, command, {**env, **extra}, port)
-    port = free_port()
-    command = granian_command("hello_app:create_app", "127.0.0.1", port, workers)
-    ports["hello"] = servers.start("hello", command, env, port)
-    return ports
+    protected_env = {**env, "JWKS_URI": uri}
+    protected = servers.start("protected", "protected_server:create_app", protected_env, workers)
+    nocache = servers.start("protected-nocache", "protected_server:create_app",
+                            {**protected_env, "TOKEN_CACHE_SIZE": "0"}, workers)  # fmt: skip
+    auth = f"Authorization: Bearer {token}"
+    setup = Setup(servers)
+    setup.targets = {
+        "with-auth": Target(f"http://127.0.0.1:{protected}/with-auth", (auth,)),
+        "auth": Target(f"http://127.0.0.1:{protected}/auth", (auth,)),
+        "distinct": Target(f"http://127.0.0.1:{nocache}/with-auth", script=distinct),
+        "keys": Target(uri),
+        "keys304": Target(uri, (f"If-None-Match: {etag_of(uri)}",)),
+    }
+    setup.groups = [("fastify", ["with-auth", "auth"]), ("fastify-nocache", ["distinct"]),
+                    ("nginx", ["keys"]), ("nginx304", ["keys304"])]  # fmt: skip
+    return setup
 
 
-def build_node(work: Path) -> tuple[Path | None, str]:
-    """npm-install the guide's Node.js backends into ``work/node``; (folder, or None and why)."""
-    node, npm = shutil.which("node"), shutil.which("npm")
-    if not node or not npm:
-        return None, "node/npm not found (apt-get install nodejs npm)"
-    folder = work / "node"
-    folder.mkdir()
-    (folder / "package.json").write_text('{"name": "guide-original", "private": true}\n')
-    (folder / "jwks.js").write_text(NODE_JWKS)
-    (folder / "protected.js").write_text(NODE_PROTECTED)
-    try:
-        subprocess.run(  # noqa: S603 (npm found on PATH, fixed arguments)
-            [npm, "install", "--no-audit", "--no-fund", "--silent", *NODE_PACKAGES],
-            cwd=folder, capture_output=True, timeout=180, check=True,
-        )  # fmt: skip
-    except (subprocess.SubprocessError, OSError) as e:
-        return None, f"npm install failed ({type(e).__name__})"
-    return folder, ""
-
-
-def start_node_servers(servers: Servers, folder: Path, env: Mapping[str, str],
-                       config: Config) -> dict[str, int]:  # fmt: skip
-    """The guide's Node.js JWKS server and protected backend, one process each."""
-    node = shutil.which("node") or "node"
-    jwks, protected = free_port(), free_port()
-    env = {**env, "JWKS_PORT": str(jwks), "PROTECTED_PORT": str(protected),
-           "JWKS_URI": f"http://127.0.0.1:{jwks}/keys", "JWT_KID": config.kid,
-           "JWT_ISSUER": config.issuer}  # fmt: skip
-    servers.start("node-jwks", [node, str(folder / "jwks.js")], env, jwks)
-    servers.start("node-protected", [node, str(folder / "protected.js")], env, protected)
-    return {"jwks": jwks, "protected": protected}
+def add_peers(stack: contextlib.ExitStack, setup: Setup, work: Path, env: Mapping[str, str], *,
+              args: argparse.Namespace, config: Config, workers: int) -> None:  # fmt: skip
+    """Build and start the peers that can run here; note why the others cannot."""
+    token_header = setup.targets["with-auth"].headers
+    distinct = setup.targets["distinct"].script
+    jwks_uri = setup.targets["keys"].url
+    if args.no_node:
+        reason: str | None = "skipped (--no-node)"
+    else:
+        reason = peers.fastify_skip_reason()
+    if reason is None:
+        try:
+            print("bench: fastify + fast-jwt + get-jwks (npm ci, pinned)", file=sys.stderr)
+            build = stack.enter_context(peers.fastify_build(work))
+            for name, cache in (("fastify", True), ("fastify-nocache", False)):
+                peer = stack.enter_context(peers.fastify_peer(
+                    build, jwks_uri, config.issuer, cache=cache, workers=workers))  # fmt: skip
+                target = Target(peer.url("/with-auth"), token_header) if cache else Target(
+                    peer.url("/with-auth"), script=distinct)  # fmt: skip
+                setup.targets[name] = target
+        except peers.PeerUnavailable as e:
+            reason = str(e)
+    if reason is not None:
+        setup.skipped["fastify"] = setup.skipped["fastify-nocache"] = reason
+    reason = "skipped (--no-nginx)" if args.no_nginx else peers.nginx_skip_reason()
+    if reason is None:
+        try:
+            exported = export_key_set(work, env)
+            # Its own temporary folder, not in ``work``: as root, nginx's workers run as
+            # nobody and could not enter ``work`` (0700).
+            max_age = config.jwks_cache_seconds
+            nginx = stack.enter_context(
+                peers.nginx_peer(exported, workers=workers, max_age=max_age)
+            )
+            url = nginx.url("/keys")
+            setup.targets["nginx"] = Target(url)
+            setup.targets["nginx304"] = Target(url, (f"If-None-Match: {etag_of(url)}",))
+        except peers.PeerUnavailable as e:
+            reason = str(e)
+    if reason is not None:
+        setup.skipped["nginx"] = setup.skipped["nginx304"] = reason
 
 
 # ---------------------------------------------------------------------------- measuring
 
 
-def wrk(url: str, seconds: float, headers: Sequence[str] = (), script: Path | None = None) -> Load:
-    """Run ``wrk -t1 -c16`` against ``url`` for ``seconds``; raises BenchError on no result."""
+def wrk(target: Target, seconds: float) -> Load:
+    """Run ``wrk -t1 -c16`` against ``target`` for ``seconds``; raises BenchError on no result."""
     command = [shutil.which("wrk") or "wrk", "-t1", f"-c{CONNECTIONS}", f"-d{seconds:g}s",
-               "--latency", url]  # fmt: skip
-    for header in headers:
+               "--latency", target.url]  # fmt: skip
+    for header in target.headers:
         command += ["-H", header]
-    if script is not None:
-        command += ["-s", str(script)]
+    if target.script is not None:
+        command += ["-s", str(target.script)]
     out = subprocess.run(command, capture_output=True, text=True, check=False).stdout  # noqa: S603
     rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
     p99 = re.search(r"99%\s+([\d.]+)(us|ms|s)\b", out)
     if not rps or not p99:
-        raise BenchError(f"wrk gave no result for {url}: {out.strip()[-200:]}")
+        raise BenchError(f"wrk gave no result for {target.url}: {out.strip()[-200:]}")
     scale = {"us": 0.001, "ms": 1.0, "s": 1000.0}[p99.group(2)]
     bad = sum(int(n) for n in re.findall(r"(?:Non-2xx or 3xx responses|timeout):? (\d+)", out))
     bad += sum(int(n) for n in re.findall(r"(?:connect|read|write) (\d+)", out))
     return Load(float(rps.group(1)), float(p99.group(1)) * scale, bad)
 
 
-def best(loads: Sequence[Load]) -> Load:
-    """The run with the most requests/s: noise from other processes only slows a run down."""
-    return max(loads, key=lambda load: load.rps)
+def run_order(groups: Sequence[tuple[str | None, list[str]]], rounds: int) -> Iterator[str]:
+    """The runs of every round: in each group the peer first in even rounds, ours first in
+    odd ones, so that neither side always runs on a machine the other just heated."""
+    for n in range(rounds):
+        for peer, our_names in groups:
+            sides = [*([peer] if peer else []), *our_names]
+            yield from (sides if n % 2 == 0 else reversed(sides))
+
+
+def http_loads(setup: Setup, seconds: float, rounds: int) -> dict[str, list[Load]]:
+    """Every wrk run, ``rounds`` times, in ``run_order``; a 1 s warm-up of each first (keys
+    fetched by every worker, JIT, caches)."""
+    groups = [(peer if peer in setup.targets else None, names) for peer, names in setup.groups]
+    for name in run_order(groups, 1):
+        wrk(setup.targets[name], 1)
+    loads: dict[str, list[Load]] = {}
+    for name in run_order(groups, rounds):
+        loads.setdefault(name, []).append(wrk(setup.targets[name], seconds))
+    return loads
 
 
 def rate(fn: Callable[[], object], seconds: float) -> float:
@@ -337,7 +368,7 @@ def in_process(signed: Sequence[str], key: RSAPublicKey, config: Config, rounds:
     results: dict[str, float] = dict.fromkeys(candidates, 0.0)
     for _ in range(rounds):  # alternate, keep the best of each
         for name, fn in candidates.items():
-            results[name] = max(results[name], rate(fn, 0.4))
+            results[name] = max(results[name], rate(fn, 0.3))
     return results
 
 
@@ -361,65 +392,102 @@ def worker_rss_mib(parent: int) -> list[float]:
     return sorted(found)
 
 
+def hostile_heads(url: str, connections: int, head_bytes: int) -> int:
+    """Open ``connections`` connections to ``url``'s server, each sending an unfinished
+    request head of about ``head_bytes`` (so that the server buffers it); return how many
+    bytes were accepted. The caller measures, then ``close_all`` the sockets (in ``opened``).
+    """
+    host, port = url.split("//", 1)[1].split("/", 1)[0].rsplit(":", 1)
+    opened.clear()
+    for _ in range(connections):
+        sock = socket.create_connection((host, int(port)), timeout=5)
+        sock.setblocking(False)
+        opened.append(sock)
+        with contextlib.suppress(OSError):
+            sock.send(b"GET /with-auth HTTP/1.1\r\nHost: bench\r\nX-Pad: ")
+    sent = 0
+    chunk = b"a" * 4096
+    for _ in range(head_bytes // len(chunk)):  # in turns: every connection grows its buffer
+        for sock in opened:
+            with contextlib.suppress(OSError):
+                sent += sock.send(chunk)
+    return sent
+
+
+opened: list[socket.socket] = []
+
+
+def close_all() -> None:
+    """Close the sockets ``hostile_heads`` opened."""
+    for sock in opened:
+        sock.close()
+    opened.clear()
+
+
 def cache_entry_bytes(key: PublishedKey, count: int = 2000) -> float:
     """Memory per entry of the protected server's TokenCache, with a realistic body."""
-    body = b'{"userId":"a-b-c-d","iat":1577800440,"exp":1577886840,"iss":"my-issuer-name"}'
+    claims = {"userId": "a-b-c-d", "iat": 1577800440, "exp": 1577886840, "iss": "my-issuer-name"}
     cache = TokenCache(count)
     tracemalloc.start()
     before = tracemalloc.get_traced_memory()[0]
     for i in range(count):
-        cache.put(i.to_bytes(32, "big"), Verified(body + str(i).encode(), key, 1e10))
+        cache.put(i.to_bytes(32, "big"), Verified(compact_json({**claims, "n": i}), key, 1e10))
     used = tracemalloc.get_traced_memory()[0] - before
     tracemalloc.stop()
     return used / count
 
 
-@dataclass(frozen=True)
-class Targets:
-    """Where the wrk runs go: our servers, the Node.js original if built, and the tokens."""
-
-    ports: Mapping[str, int]
-    node: Mapping[str, int] | None
-    tokens_lua: Path
-    token: str
+# ---------------------------------------------------------------------------- the table
 
 
-def http_loads(targets: Targets, seconds: float, rounds: int) -> dict[str, Load]:
-    """Every wrk run, each pair of runs back to back, ``rounds`` times; the best of each."""
-    ports, node, tokens_lua = targets.ports, targets.node, targets.tokens_lua
-    auth = f"Authorization: Bearer {targets.token}"
-    etag = requests.get(f"http://127.0.0.1:{ports['jwks']}/keys", timeout=5).headers["ETag"]
-    runs: dict[str, Callable[[float], Load]] = {
-        "auth": lambda d: wrk(f"http://127.0.0.1:{ports['protected']}/with-auth", d, [auth]),
-        "hello": lambda d: wrk(f"http://127.0.0.1:{ports['hello']}/", d),
-        "distinct": lambda d: wrk(f"http://127.0.0.1:{ports['protected-nocache']}/with-auth", d,
-                                  script=tokens_lua),
-        "keys": lambda d: wrk(f"http://127.0.0.1:{ports['jwks']}/keys", d),
-        "keys304": lambda d: wrk(f"http://127.0.0.1:{ports['jwks']}/keys", d,
-                                 [f"If-None-Match: {etag}"]),
-    }  # fmt: skip
-    if node is not None:
-        node_etag = requests.get(f"http://127.0.0.1:{node['jwks']}/keys", timeout=5).headers["ETag"]
-        node_auth = f"http://127.0.0.1:{node['protected']}/with-auth"
-        runs |= {
-            "node-auth": lambda d: wrk(node_auth, d, [auth]),
-            "node-distinct": lambda d: wrk(node_auth, d, script=tokens_lua),
-            "node-keys": lambda d: wrk(f"http://127.0.0.1:{node['jwks']}/keys", d),
-            "node-keys304": lambda d: wrk(f"http://127.0.0.1:{node['jwks']}/keys", d,
-                                          [f"If-None-Match: {node_etag}"]),
-        }  # fmt: skip
-    for run in runs.values():  # warm up: JWKS fetched by every worker, JIT, caches
-        run(1)
-    order = sorted(runs, key=lambda name: name.removeprefix("node-"))
-    loads: dict[str, list[Load]] = {name: [] for name in runs}
-    for _ in range(rounds):
-        for name in order:
-            loads[name].append(runs[name](seconds))
-    return {name: best(results) for name, results in loads.items()}
+def _median_ratio(ours: Sequence[float], peer: Sequence[float]) -> tuple[float, float, float]:
+    ratios = [o / p for o, p in zip(ours, peer, strict=True) if p > 0]
+    if not ratios:
+        return 0.0, 0.0, 0.0
+    return statistics.median(ratios), min(ratios), max(ratios)
 
 
-def _ratio(ours: float, baseline: float) -> float | None:
-    return ours / baseline if baseline > 0 else None
+def _summary(loads: Sequence[Load]) -> str:
+    rps = statistics.median(load.rps for load in loads)
+    p99 = statistics.median(load.p99_ms for load in loads)
+    bad = sum(load.bad for load in loads)
+    return f"{rps:,.0f}/s p99 {p99:.1f} ms" + (f" ({bad} ERRORS)" if bad else "")
+
+
+COMPARISONS = (
+    Comparison("GET /with-auth, one token (req/s)", "with-auth", "fastify",
+               "fastify+fast-jwt", 1.0, p99=True),
+    Comparison("GET /auth, one token (req/s)", "auth", "fastify", "fastify+fast-jwt", 1.0,
+               p99=True),
+    Comparison(f"GET /with-auth, {DISTINCT_TOKENS} distinct tokens, caches off", "distinct",
+               "fastify-nocache", "fastify cache off", 3.5),
+    Comparison("GET /keys (req/s)", "keys", "nginx", "nginx static", 0.8),
+    Comparison("GET /keys, If-None-Match -> 304", "keys304", "nginx304", "nginx static", 0.8),
+)  # fmt: skip
+
+
+def http_rows(loads: Mapping[str, Sequence[Load]], skipped: Mapping[str, str]) -> list[Row]:
+    """A row for each target of the issue (and one for each p99 target); the ratio is the
+    median of the rounds' ratios (ours / peer, or the peer's p99 / ours)."""
+    rows = []
+    for c in COMPARISONS:
+        ours = loads[c.ours]
+        peer = loads.get(c.peer)
+        if peer is None:
+            rows.append(Row(c.measure, _summary(ours), f"{c.peer_title}: {skipped[c.peer]}",
+                            None, c.target))  # fmt: skip
+            continue
+        ratio, low, high = _median_ratio([x.rps for x in ours], [x.rps for x in peer])
+        rows.append(Row(c.measure, _summary(ours), f"{c.peer_title} {_summary(peer)}", ratio,
+                        c.target, (low, high)))  # fmt: skip
+        if c.p99:
+            ratio, low, high = _median_ratio([x.p99_ms for x in peer], [x.p99_ms for x in ours])
+            p99 = statistics.median(x.p99_ms for x in ours)
+            peer_p99 = statistics.median(x.p99_ms for x in peer)
+            rows.append(Row("  p99 latency, the peer's / ours", f"{p99:.1f} ms",
+                            f"{c.peer_title} {peer_p99:.1f} ms", ratio, 1.0,
+                            (low, high)))  # fmt: skip
+    return rows
 
 
 def verify_rows(rates: Mapping[str, float]) -> list[Row]:
@@ -429,10 +497,9 @@ def verify_rows(rates: Mapping[str, float]) -> list[Row]:
     return [
         Row("Verifier.verify, fresh token (verifies/s)", f"{rates['verify_token']:,.0f}",
             f"raw cryptography {rates['raw']:,.0f}",
-            _ratio(rates["verify_token"], rates["raw"]), 0.75),
+            rates["verify_token"] / rates["raw"], 0.75),
         Row("  jwt.decode, same key (for reference)", f"{rates['jwt.decode']:,.0f}",
-            f"raw cryptography {rates['raw']:,.0f}", _ratio(rates["jwt.decode"], rates["raw"]),
-            None),
+            f"raw cryptography {rates['raw']:,.0f}", rates["jwt.decode"] / rates["raw"], None),
         Row("  time beyond the RSA verify (us/token)", f"{overhead:.1f}",
             f"parse {per_call['parse_token']:.1f}, signature call "
             f"{per_call['signature'] - per_call['raw']:.1f}, claims {per_call['claims']:.1f}",
@@ -440,45 +507,37 @@ def verify_rows(rates: Mapping[str, float]) -> list[Row]:
     ]  # fmt: skip
 
 
-def http_rows(loads: Mapping[str, Load], node_note: str) -> list[Row]:
-    """Table rows for the wrk runs; ratios to Node.js where it ran."""
+@dataclass(frozen=True)
+class Memory:
+    """The protected server's RSS per worker (the largest worker), in MiB."""
 
-    def versus(measure: str, ours: str, target: float) -> Row:
-        node = loads.get(f"node-{ours}")
-        if node is None:
-            return Row(measure, str(loads[ours]), f"Node.js: {node_note}", None, target)
-        return Row(measure, str(loads[ours]), f"Node.js {node}",
-                   _ratio(loads[ours].rps, node.rps), target)  # fmt: skip
+    idle: float
+    loaded: float
+    hostile: float
+    hostile_mib_sent: float
+    entry_bytes: float
+    cache_size: int
 
-    rows = [versus("GET /with-auth, one token (req/s)", "auth", 4)]
-    if "node-auth" in loads:
-        rows.append(Row("  p99 latency, Node's / ours", f"{loads['auth'].p99_ms:.1f} ms",
-                        f"Node.js {loads['node-auth'].p99_ms:.1f} ms",
-                        _ratio(loads["node-auth"].p99_ms, loads["auth"].p99_ms), 3))  # fmt: skip
-    rows += [
-        Row("  vs hello-world Flask, same server", str(loads["auth"]), f"hello {loads['hello']}",
-            _ratio(loads["auth"].rps, loads["hello"].rps), None),
-        versus(f"GET /with-auth, {DISTINCT_TOKENS} distinct tokens, cache off", "distinct", 2.5),
-        versus("GET /keys (req/s)", "keys", 3),
-        versus("GET /keys, If-None-Match -> 304", "keys304", 3),
-        Row("  /keys vs hello-world Flask", str(loads["keys"]), f"hello {loads['hello']}",
-            _ratio(loads["keys"].rps, loads["hello"].rps), None),
+
+def memory_rows(m: Memory) -> list[Row]:
+    """The protected server's RSS per worker, and the bound make serve's limits set."""
+    held = serve.BACKPRESSURE * 2 * serve.HTTP1_BUFFER_BYTES / 2**20
+    cache = m.cache_size * m.entry_bytes / 2**20
+    bound = m.idle + cache + held
+    return [
+        Row("protected server RSS per worker (MiB)", f"{m.loaded:.1f} after load",
+            f"{m.idle:.1f} idle; cache {m.cache_size:,} x {m.entry_bytes:.0f} B = {cache:.1f}",
+            None, None),
+        Row("  hostile heads on every connection", f"{m.hostile:.1f}",
+            f"{m.hostile_mib_sent:.0f} MiB of unfinished heads; bound {m.idle:.0f} + "
+            f"{cache:.0f} + {serve.BACKPRESSURE} x 2 x {serve.HTTP1_BUFFER_BYTES // 1024} KiB"
+            f" = {bound:.0f}", None, None),
     ]  # fmt: skip
-    return rows
-
-
-def memory_row(idle: Sequence[float], loaded: Sequence[float], entry: float, size: int) -> Row:
-    """The protected server's RSS per worker, and the bound the token cache sets."""
-    bound = max(loaded, default=0) + size * entry / 2**20
-    return Row("protected server RSS per worker (MiB)",
-               f"{max(loaded, default=0):.1f} after load",
-               f"{max(idle, default=0):.1f} idle; cache {size:,} x {entry:.0f} B -> "
-               f"bound ~{bound:.0f}", None, None)  # fmt: skip
 
 
 def print_table(rows: Sequence[Row]) -> None:
     """Print the rows as an aligned table."""
-    header = ["measure", "ours", "baseline", "ratio", "target", ""]
+    header = ["measure", "ours", "baseline", "ratio (spread)", "target", ""]
     cells = [header, *(row.cells() for row in rows)]
     widths = [max(len(line[i]) for line in cells) for i in range(len(header))]
     for n, line in enumerate(cells):
@@ -487,48 +546,60 @@ def print_table(rows: Sequence[Row]) -> None:
             print("  ".join("-" * width for width in widths))
 
 
+# ---------------------------------------------------------------------------- the run
+
+
+def measure_memory(parent: int, url: str, idle: float, config: Config, key: PublishedKey
+                   ) -> Memory:  # fmt: skip
+    """RSS per worker after the load, then with hostile heads on every connection slot."""
+    loaded = max(worker_rss_mib(parent), default=0)
+    workers = max(1, len(worker_rss_mib(parent)))
+    try:
+        sent = hostile_heads(url, workers * serve.BACKPRESSURE, serve.HTTP1_BUFFER_BYTES)
+        time.sleep(1)
+        hostile = max(worker_rss_mib(parent), default=0)
+    finally:
+        close_all()
+    return Memory(idle, loaded, hostile, sent / 2**20, cache_entry_bytes(key),
+                  config.token_cache_size)  # fmt: skip
+
+
 def run(args: argparse.Namespace) -> list[Row]:
     """Build everything in a temporary folder, measure, stop and remove it all."""
     settings = load_config()  # the user's SERVER_WORKERS (and a check of the environment)
-    with tempfile.TemporaryDirectory(prefix="jwt-bench-") as tmp:
+    workers = settings.server_workers
+    with tempfile.TemporaryDirectory(prefix="jwt-bench-") as tmp, contextlib.ExitStack() as stack:
         work = Path(tmp)
         config = load_config({"JWT_KEYS_DIR": str(work / "keys")})
         print(f"bench: 4096-bit key and {DISTINCT_TOKENS} tokens in {work}", file=sys.stderr)
         (work / "keys").mkdir(mode=0o700)
         rotation.create(config, lambda: rsa.generate_private_key(65537, 4096), None, force=False)
-        tokens = make_tokens(config, DISTINCT_TOKENS)
-        (work / "tokens.txt").write_text("\n".join(tokens) + "\n")
-        (work / "distinct.lua").write_text(DISTINCT_LUA % (work / "tokens.txt"))
-        (work / "hello_app.py").write_text(HELLO_APP)
-        key = load_public_key(config.public_key_path)
+        signed = make_tokens(config, DISTINCT_TOKENS)
+        distinct = peers.write_rotating_tokens(work, signed, "/with-auth", "distinct")
+        public = load_public_key(config.public_key_path)
 
         print("bench: in-process verification", file=sys.stderr)
-        rows = verify_rows(in_process(tokens, key, config, args.rounds + 2))
-        entry = cache_entry_bytes(PublishedKey(config.kid, "n", "e", key))
+        rows = verify_rows(in_process(signed, public, config, 3))
         if shutil.which("wrk") is None:
-            print("bench: wrk not found: HTTP part skipped; install it with "
-                  "`sudo apt-get install wrk` (Debian/Ubuntu) and run make bench again",
+            print(f"bench: wrk not found: HTTP part skipped; install it with {WRK_INSTALL}",
                   file=sys.stderr)  # fmt: skip
             return rows
-        servers = Servers(work)
-        try:
-            env = base_env(work)
-            ports = start_python_servers(servers, env, settings.server_workers)
-            print("bench: building the Node.js original with npm", file=sys.stderr)
-            folder, node_note = (None, "skipped (--no-node)") if args.no_node else build_node(work)
-            node = start_node_servers(servers, folder, env, config) if folder else None
-            idle = worker_rss_mib(servers.processes["protected"].pid)
-            print(f"bench: wrk -t1 -c{CONNECTIONS}, {args.duration:g} s a run, best of "
-                  f"{args.rounds}, {settings.server_workers} worker(s) per server",
-                  file=sys.stderr)  # fmt: skip
-            targets = Targets(ports, node, work / "distinct.lua", tokens[0])
-            loads = http_loads(targets, args.duration, args.rounds)
-            loaded = worker_rss_mib(servers.processes["protected"].pid)
-        finally:
-            servers.stop()
-        rows += http_rows(loads, node_note)
-        rows.append(memory_row(idle, loaded, entry, config.token_cache_size))
-        return rows
+        env = base_env(work)
+        setup = ours(stack, work, env, workers=workers, token=signed[0], distinct=distinct)
+        add_peers(stack, setup, work, env, args=args, config=config, workers=workers)
+        for peer in ("fastify", "nginx"):
+            if peer in setup.skipped:
+                print(f"bench: {peer} skipped: {setup.skipped[peer]}", file=sys.stderr)
+        parent = setup.servers.processes["protected"].pid
+        idle = max(worker_rss_mib(parent), default=0)
+        runs = len(list(run_order([(p if p in setup.targets else None, n)
+                                   for p, n in setup.groups], args.rounds)))  # fmt: skip
+        print(f"bench: wrk -t1 -c{CONNECTIONS}, {runs} runs of {args.duration:g} s, sides "
+              f"alternating, {workers} worker(s) per server", file=sys.stderr)  # fmt: skip
+        loads = http_loads(setup, args.duration, args.rounds)
+        memory = measure_memory(parent, setup.targets["with-auth"].url, idle, config,
+                                PublishedKey(config.kid, "n", "e", public))  # fmt: skip
+        return rows + http_rows(loads, setup.skipped) + memory_rows(memory)
 
 
 def _positive(text: str) -> float:
@@ -544,22 +615,24 @@ def _positive(text: str) -> float:
 def build_parser() -> argparse.ArgumentParser:
     """The command line of make bench."""
     parser = argparse.ArgumentParser(
-        prog="tools/bench.py",
-        description="Measure verification and both servers (under make serve's granian) as "
-        "ratios to baselines built in the same run: raw cryptography RSA verify, a hello-world "
-        "Flask app under the same server, and the guide's Node.js original (needs node and "
-        "npm). HTTP load uses wrk (apt-get install wrk). Takes about 2 to 3 minutes; writes "
-        "only to a temporary folder. SERVER_WORKERS sets the workers per server (default: "
-        "the number of cores).",
+        prog="python -m tools.bench",
+        description="Measure both servers (under make serve's granian) against fastify + "
+        "fast-jwt (needs node 20+ and npm) and nginx serving the exported key set (needs "
+        "nginx), sides alternating, and verification against raw cryptography RSA verify. "
+        f"HTTP load uses wrk ({WRK_INSTALL}). Takes under 3 minutes; writes only to "
+        "temporary folders. SERVER_WORKERS sets the workers of every server and peer "
+        "(default: the number of cores).",
     )
-    parser.add_argument("--duration", type=_positive, default=3.0, metavar="SECONDS",
-                        help="length of each wrk run (default: 3)")  # fmt: skip
+    parser.add_argument("--duration", type=_positive, default=5.0, metavar="SECONDS",
+                        help="length of each wrk run (default: 5)")  # fmt: skip
     parser.add_argument(
-        "--rounds", type=int, choices=range(1, 6), default=2, metavar="N",
-        help="runs of each measure, the best kept (1 to 5, default: 2)",
+        "--rounds", type=int, choices=range(1, 6), default=3, metavar="N",
+        help="rounds of every run, sides alternating; ratios are their median (1 to 5, "
+        "default: 3)",
     )  # fmt: skip
     parser.add_argument("--no-node", action="store_true",
-                        help="skip the Node.js baseline (no npm install)")  # fmt: skip
+                        help="skip the fastify peer (no npm install)")  # fmt: skip
+    parser.add_argument("--no-nginx", action="store_true", help="skip the nginx peer")
     return parser
 
 
@@ -569,15 +642,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.monotonic()
     try:
         rows = run(args)
-    except JwtGuideError as e:
+    except KeyboardInterrupt:
+        return 130
+    except (JwtGuideError, peers.PeerError) as e:
         print(f"bench: {e}", file=sys.stderr)
-        return e.exit_code
-    except (OSError, requests.RequestException) as e:
+        return getattr(e, "exit_code", 1)
+    except (OSError, requests.RequestException, subprocess.CalledProcessError) as e:
         print(f"bench: {e}", file=sys.stderr)
         return 1
     print_table(rows)
-    print(f"({time.monotonic() - started:.0f} s; ratios compare runs made back to back in this "
-          "run; a busy machine lowers them: run again)")  # fmt: skip
+    print(f"({time.monotonic() - started:.0f} s; each ratio is the median of {args.rounds} "
+          "rounds' ratios, sides alternating; a busy machine moves them: run again)")  # fmt: skip
     return 0
 
 

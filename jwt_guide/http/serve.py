@@ -57,13 +57,17 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 # the end of the previous response: silent, stalled and idle connections are closed then
 # (SPEC: within 30 s; nginx's client_header_timeout is 60 s, Node's keepAliveTimeout 5 s).
 READ_TIMEOUT_SECONDS = 20
-# What a connection buffers (granian's default is 408 KiB). A request head smaller than this
-# always reaches the app, which answers headers over 64 KiB with its JSON 431. hyper checks
-# the size between reads, so a larger head may get through up to about twice this; beyond,
-# granian answers 431 with an empty body (as for more than 100 header fields, hyper's fixed
-# limit; a request line over 64 KiB gets 414). Memory: about this much (at most about twice)
-# per connection still sending its head.
-HTTP1_BUFFER_BYTES = 256 * 1024
+# What a connection buffers of a request head (granian's default is 408 KiB). Twice the
+# SPEC's 64 KiB: a head up to that size always reaches the app, which answers headers over
+# 64 KiB with its JSON 431. hyper checks the size between reads, so a larger head may get
+# through up to about twice this; beyond, granian answers 431 with an empty body (as for more
+# than 100 header fields, hyper's fixed limit; a request line over 64 KiB gets 414).
+HTTP1_BUFFER_BYTES = 128 * 1024
+# Connections a worker holds at a time (granian's default: half the listen backlog, 512 with
+# 2 workers); more wait in the backlog. With the buffer above, this bounds what hostile heads
+# can make a worker hold: BACKPRESSURE x about 2 x HTTP1_BUFFER_BYTES (64 MiB), measured by
+# make bench.
+BACKPRESSURE = 256
 # make's fatal signals: on these it waits for its children and exits; it passes on only SIGTERM.
 MAKE_FATAL_SIGNALS = (signal.SIGHUP, signal.SIGINT, signal.SIGQUIT, signal.SIGTERM)
 MAKE_NAMES = ("make", "gmake")
@@ -99,7 +103,7 @@ def granian_command(target: str, host: str, port: int, workers: int) -> list[str
         "--host", host, "--port", str(port), "--workers", str(workers),
         "--blocking-threads", str(BLOCKING_THREADS), "--respawn-failed-workers",
         "--http", "1", "--http1-header-read-timeout", str(READ_TIMEOUT_SECONDS * 1000),
-        "--http1-buffer-size", str(HTTP1_BUFFER_BYTES),
+        "--http1-buffer-size", str(HTTP1_BUFFER_BYTES), "--backpressure", str(BACKPRESSURE),
         "--no-access-log", "--log-level", "warning", target,
     ]  # fmt: skip
 

@@ -160,6 +160,8 @@ def test_granian_command_holds_the_limits() -> None:
     assert 0 < timeout_ms <= 30_000  # SPEC: silent, stalled and idle connections within 30 s
     # Headers well past 64 KiB must reach the app (its JSON 431), within a bounded buffer.
     assert 2 * 64 * 1024 <= int(options["--http1-buffer-size"]) <= 1024 * 1024
+    # Connections per worker bounded: with the buffer, what hostile heads can make it hold.
+    assert int(options["--backpressure"]) * int(options["--http1-buffer-size"]) <= 64 * 2**20
 
 
 def test_serve_runs_the_guide_and_stops_on_sigterm(

@@ -45,6 +45,12 @@ def check_flask(ns):
     return [ok.status_code, ok.get_json(), missing.status_code, missing.get_json()["error"]]
 
 
+def check_endpoint(ns):
+    client = ns["app"].test_client()
+    ok, missing = client.get("/me", headers=bearer), client.get("/me")
+    return [ok.status_code, ok.get_json()["userId"], missing.status_code]
+
+
 def check_wsgi(ns):
     client = Client(ns["application"])
     ok, health, missing = client.get("/", headers=bearer), client.get("/health"), client.get("/")
@@ -57,7 +63,7 @@ def check_worker(ns):
             ns["handle"]({"token": token[:-2] + "AA"})]
 
 
-checks = [check_signer, check_flask, check_wsgi, check_worker]
+checks = [check_signer, check_flask, check_endpoint, check_wsgi, check_worker]
 assert len(snippets) == len(checks), f"{len(snippets)} snippets, {len(checks)} checks"
 for snippet, check in zip(snippets, checks):
     namespace = {"__name__": "readme"}
@@ -87,9 +93,10 @@ def test_every_snippet_of_use_it_in_your_own_app_runs(
         capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
-    signer, flask, wsgi, worker = json.loads(result.stdout)
+    signer, flask, endpoint, wsgi, worker = json.loads(result.stdout)
     assert signer == ["a-b-c-d", 900]
     assert flask == [200, {"user": "a-b-c-d"}, 401, "unauthorized"]
+    assert endpoint == [200, "a-b-c-d", 401]
     assert wsgi == [200, "hello a-b-c-d", "hello anonymous", 401]
     assert worker == ["hello a-b-c-d", "refused: malformed", "refused: invalid signature"]
     assert_clean_error(result.stdout + result.stderr)

@@ -69,3 +69,29 @@ def test_a_route_with_a_trailing_slash_is_never_a_redirect(keys_dir: Path) -> No
     answer = app.test_client().get("/dir", headers={"Host": "evil.example"})
     assert answer.status_code == 404
     assert "Location" not in answer.headers
+
+
+def _answer(environ: dict[str, object], start_response: object) -> list[bytes]:
+    return [b"ok"]
+
+
+def test_header_limit_learns_only_the_server_s_keys_and_still_counts_every_header() -> None:
+    limit = limits.HeaderLimit(_answer, limit=100)
+    statuses: list[str] = []
+
+    def start_response(status: str, headers: object, exc_info: object = None) -> None:
+        statuses.append(status)
+
+    server = {"REQUEST_METHOD": "GET", "PATH_INFO": "/", "wsgi.input": None, "PATH": "/bin"}
+    assert limit({**server, "HTTP_X": "a" * 50}, start_response) == [b"ok"]  # type: ignore[arg-type]
+    assert limit.known == frozenset(server)  # never a header: they are all counted each time
+    for big in ({"HTTP_X": "a" * 100}, {"CONTENT_TYPE": "a" * 90}, {"HTTP_PATH": "a" * 99}):
+        limit({**server, **big}, start_response)  # type: ignore[arg-type]
+        assert statuses.pop().startswith("431"), big
+
+
+def test_header_limit_learns_a_bounded_number_of_keys() -> None:
+    limit = limits.HeaderLimit(_answer)
+    for n in range(limits.MAX_KNOWN_KEYS + 100):
+        limit({f"server.key{n}": "x"}, lambda *a: None)  # type: ignore[arg-type]
+    assert len(limit.known) == limits.MAX_KNOWN_KEYS

@@ -43,6 +43,7 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 
 from jwt_guide import Signer, Verifier, rotation, tokens
+from jwt_guide.algorithms import ALGORITHMS
 from jwt_guide.config import Config, load_config
 from jwt_guide.errors import JwtGuideError
 from jwt_guide.http.serve import granian_command
@@ -55,6 +56,7 @@ CONNECTIONS = 16
 DISTINCT_TOKENS = 300
 NODE_PACKAGES = ("express@4", "jsonwebtoken@9", "express-jwt@8", "jwks-rsa@3", "pem-jwk@2")
 ENV_PREFIXES = ("JWT_", "JWKS_", "PROTECTED_", "TOKEN_CACHE")
+RS256 = ALGORITHMS["RS256"]  # the guide's algorithm, of the key the HTTP part uses
 
 HELLO_APP = '''"""A hello-world Flask app: the framework's ceiling under the same server."""
 from flask import Flask
@@ -320,7 +322,7 @@ def in_process(signed: Sequence[str], key: RSAPublicKey, config: Config, rounds:
     now = time.time()
 
     def decode() -> object:
-        return jwt.decode(next(cycle), key, algorithms=[tokens.ALGORITHM], issuer=config.issuer)
+        return jwt.decode(next(cycle), key, algorithms=[RS256.name], issuer=config.issuer)
 
     def claims() -> object:
         payload = tokens.json_object(parsed.payload, "payload")
@@ -331,7 +333,7 @@ def in_process(signed: Sequence[str], key: RSAPublicKey, config: Config, rounds:
         "verify_token": lambda: verifier.verify(next(cycle)),
         "jwt.decode": decode,
         "parse_token": lambda: tokens.parse_token(next(cycle), headers),
-        "signature": lambda: tokens.signature_is_valid(parsed, key),
+        "signature": lambda: tokens.signature_is_valid(parsed, key, RS256),
         "claims": claims,
     }
     results: dict[str, float] = dict.fromkeys(candidates, 0.0)
@@ -501,10 +503,12 @@ def run(args: argparse.Namespace) -> list[Row]:
         (work / "distinct.lua").write_text(DISTINCT_LUA % (work / "tokens.txt"))
         (work / "hello_app.py").write_text(HELLO_APP)
         key = load_public_key(config.public_key_path)
+        if not isinstance(key, RSAPublicKey):  # cannot happen: made just above
+            raise BenchError(f"{config.public_key_path} is not the RSA key made for the bench")
 
         print("bench: in-process verification", file=sys.stderr)
         rows = verify_rows(in_process(tokens, key, config, args.rounds + 2))
-        entry = cache_entry_bytes(PublishedKey(config.kid, "n", "e", key))
+        entry = cache_entry_bytes(PublishedKey.of(config.kid, key))
         if shutil.which("wrk") is None:
             print("bench: wrk not found: HTTP part skipped; install it with "
                   "`sudo apt-get install wrk` (Debian/Ubuntu) and run make bench again",

@@ -18,6 +18,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 
 from jwt_guide import keystore
+from jwt_guide.algorithms import PrivateKey, encrypted_pem
 from jwt_guide.config import DEFAULT_KID, DEFAULT_PASSPHRASE
 from jwt_guide.errors import JwtGuideError, UsageError
 from jwt_guide.keystore import (
@@ -317,11 +318,11 @@ def test_load_signing_key_reads_again_when_a_change_lands_meanwhile(
     real = keystore.load_private_key
     landed: list[bool] = []
 
-    def load_while_force_lands(path: Path, passphrase: str) -> RSAPrivateKey:
+    def load_while_force_lands(path: Path, passphrase: str) -> PrivateKey:
         key = real(path, passphrase)
         if not landed:
             landed.append(True)
-            pem = keystore.encrypted_pem(other_private_key, DEFAULT_PASSPHRASE)
+            pem = encrypted_pem(other_private_key, DEFAULT_PASSPHRASE)
             record = _record(other_private_key, "current", "k-new")
             with locked(two_keys):
                 apply_locked(two_keys, [
@@ -332,13 +333,13 @@ def test_load_signing_key_reads_again_when_a_change_lands_meanwhile(
         return key
 
     monkeypatch.setattr(keystore, "load_private_key", load_while_force_lands)
-    key, kid = load_signing_key(two_keys, DEFAULT_PASSPHRASE, DEFAULT_KID)
+    key, kid, _ = load_signing_key(two_keys, DEFAULT_PASSPHRASE, DEFAULT_KID)
     assert thumbprint(key.public_key()) == thumbprint(other_private_key.public_key())
     assert kid == "k-new"
 
 
 def test_load_signing_key_pairs_by_thumbprint(two_keys: Path, private_key: RSAPrivateKey) -> None:
-    key, kid = load_signing_key(two_keys, DEFAULT_PASSPHRASE, "default")
+    key, kid, _ = load_signing_key(two_keys, DEFAULT_PASSPHRASE, "default")
     assert thumbprint(key.public_key()) == thumbprint(private_key.public_key())
     assert kid == DEFAULT_KID
     (two_keys / KEYRING_FILE).unlink()

@@ -616,13 +616,15 @@ def test_a_server_that_could_not_be_reached_is_used_within_2_s_of_coming_back(
 
     client = JwksClient("http://127.0.0.1:1/keys", 600, 5, fetch=fetch, clock=clock)
     step = 0.05
+    retry_afters: set[int] = set()
     while True:
         try:
             if client.get_key("good") is not None:
                 break
         except KeysUnavailable as e:
-            assert 1 <= e.retry_after <= 2
+            retry_afters.add(e.retry_after)
         clock.advance(step)
+    assert retry_afters <= {1, 2}
     assert clock.now - up_at <= 2 + step
     gaps = [b - a for a, b in itertools.pairwise(attempts)]
     assert all(gap <= 2 + step for gap in gaps), gaps

@@ -126,7 +126,8 @@ ServeFactory = Callable[..., Serve]
 @pytest.fixture
 def start_serve(keys_dir: Path, tmp_path: Path) -> Iterator[ServeFactory]:
     """Start ``command`` (default: ``python -m jwt_guide.http.serve``) on two free ports, one
-    worker each, with ``overrides`` in its environment, wait until it prints its banners; all it started is stopped at teardown."""
+    worker each, with ``overrides`` in its environment, and wait until it prints its
+    banners; all it started is stopped at teardown."""
     started: list[Serve] = []
 
     def factory(*command: str, **overrides: str) -> Serve:

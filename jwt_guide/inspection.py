@@ -81,5 +81,7 @@ def _signature_check(parsed: ParsedToken, keys: KeySource, lines: list[str]) -> 
         lines.append("signature: not checked, no key for this token")
         return [str(e)]
     valid = signature_is_valid(parsed, key)
-    lines.append(f"signature: {'verified' if valid else 'INVALID'} with the public key")
+    # "valid", not "verified": the lines above say the contents were shown NOT verified, and
+    # the two read as a contradiction (issue 8).
+    lines.append(f"signature: {'valid' if valid else 'INVALID'} (checked with the public key)")
     return [] if valid else ["invalid signature"]

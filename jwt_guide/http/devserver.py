@@ -41,7 +41,7 @@ if TYPE_CHECKING:
 
 # A connection has this long to send its request (line, headers and body) and this long
 # again for each write of the answer; a silent or stalled one is closed when it runs out.
-REQUEST_TIMEOUT = 30.0
+REQUEST_TIMEOUT = 20.0  # SPEC: within 30 s; with a margin, as under make serve
 MAX_REQUEST_LINE = 65536  # http.server's own limit: a longer request line gets a 414
 # Raw header lines carry ": " and CRLF beyond the names and values the WSGI limit counts:
 # this much more is read before the development server refuses the head itself.

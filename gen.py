@@ -22,7 +22,7 @@ import threading
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
-from jwt_guide import rotation
+from jwt_guide import keystore, rotation
 from jwt_guide.algorithms import (
     ALGORITHMS,
     DEFAULT_RSA_BITS,
@@ -165,12 +165,12 @@ def _step(args: argparse.Namespace) -> None:
         raise UsageError(missing) if args.list else JwtGuideError(missing)
     try:
         with rotation.changing(config, create=creating) as recovered:
-            if recovered:
-                print(
-                    f"gen: a gen.py command was interrupted in {config.keys_dir}: "
-                    "its change is undone",
-                    file=sys.stderr,
-                )
+            if recovered == keystore.UNDONE:
+                print(f"gen: a gen.py command was interrupted in {config.keys_dir}: "
+                      "its change is undone", file=sys.stderr)  # fmt: skip
+            elif recovered == keystore.CLEANED:
+                print(f"gen: removed the temporary files an interrupted gen.py command left "
+                      f"in {config.keys_dir}", file=sys.stderr)  # fmt: skip
             _command(args, config, algorithm)
     except OSError as e:  # nothing was changed, or the change was undone
         raise JwtGuideError(

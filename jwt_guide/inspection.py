@@ -87,5 +87,8 @@ def _signature_check(parsed: ParsedToken, keys: KeySource, lines: list[str]) -> 
         lines.append(f"signature: not checked, the key is bound to {key.alg}")
         return [str(e)]
     valid = signature_is_valid(parsed, key.key, key.algorithm)
-    lines.append(f"signature: {'verified' if valid else 'INVALID'} with the public key ({key.alg})")
+    # "valid", not "verified": the lines above say the contents were shown NOT verified, and
+    # the two read as a contradiction (issue 8).
+    outcome = "valid" if valid else "INVALID"
+    lines.append(f"signature: {outcome} (checked with the public key, {key.alg})")
     return [] if valid else ["invalid signature"]

@@ -18,7 +18,10 @@ Behaviour (see the README's SECURITY section):
 - after a failed fetch the next may start ``FIRST_RETRY_SECONDS`` later, then twice as long
   after each further failure in a row, up to the spacing, each delay shortened by a random
   part of up to ``RETRY_JITTER`` (so that many servers do not retry in step), and always
-  within the per-minute allowance;
+  within the per-minute allowance. An attempt that could not even connect (refused,
+  unreachable, no such host, connect timeout) reached no server and is not counted against
+  the allowance; such attempts back off only up to ``UNREACHED_RETRY_SECONDS``, so a JWKS
+  server that comes back after an outage of any length is used within about 2 s;
 - one fetch at a time: concurrent requests wait for it and share its result, while requests
   whose key is cached never wait (a stale cached key is served while the refresh runs);
 - a fetch fails on a timeout (5 s in all), a status other than 200, a body over
@@ -71,6 +74,7 @@ MAX_JWKS_BYTES = 256 * 1024
 MIN_CACHE_SECONDS = 10
 STALE_IF_ERROR_SECONDS = 3600
 FIRST_RETRY_SECONDS = 1.0  # Envoy's failed_refetch_duration
+UNREACHED_RETRY_SECONDS = 2.0  # retry ceiling while the JWKS server cannot be connected to
 RETRY_JITTER = 0.25  # each retry delay is shortened by a random part of up to this fraction
 LOGGED_SKIPS = 5  # skipped entries named in the one log line of a fetch
 
@@ -78,7 +82,20 @@ log = logging.getLogger(__name__)
 
 
 class FetchError(JwtGuideError):
-    """Raised when the JWKS could not be fetched or is not a usable key set."""
+    """Raised when the JWKS could not be fetched or is not a usable key set; ``unreached``
+    when no connection to the server could be made (refused, unreachable, no such host,
+    connect timeout), so the attempt cost the JWKS server nothing."""
+
+    def __init__(self, message: str, unreached: bool = False) -> None:
+        super().__init__(message)
+        self.unreached = unreached
+
+
+def _unreached(e: requests.RequestException) -> bool:
+    # requests wraps urllib3's MaxRetryError, whose ``reason`` says what failed.
+    reason = getattr(e.args[0], "reason", None) if e.args else None
+    connect_errors = (urllib3.exceptions.NewConnectionError, urllib3.exceptions.ConnectTimeoutError)
+    return isinstance(e, requests.ConnectTimeout) or isinstance(reason, connect_errors)
 
 
 # A fetch returns the parsed JSON document and the server's max-age, if it sent one.
@@ -92,10 +109,13 @@ def _max_age(cache_control: str) -> float | None:
     return float(match.group(1)) if match else None
 
 
-def _environment_settings(uri: str) -> dict[str, Any]:
-    # What requests' trust_env takes from the environment, minus the .netrc credentials it
-    # would also send: the proxies (HTTP_PROXY, HTTPS_PROXY, ALL_PROXY, NO_PROXY) and the
-    # CA bundle (REQUESTS_CA_BUNDLE, CURL_CA_BUNDLE), read as requests reads them.
+def environment_settings(uri: str) -> dict[str, Any]:
+    """The keyword arguments for a request to ``uri`` from a ``requests.Session`` whose
+    ``trust_env`` is off: what trust_env would take from the environment, minus the
+    ``.netrc`` credentials it would also send (sent to any host the file names, in place of
+    the caller's own Authorization header). That is: the proxies (HTTP_PROXY, HTTPS_PROXY,
+    ALL_PROXY, NO_PROXY) and the CA bundle (REQUESTS_CA_BUNDLE, CURL_CA_BUNDLE), read as
+    requests reads them."""
     ca_bundle = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
     return {"proxies": get_environ_proxies(uri), "verify": ca_bundle or True}
 
@@ -114,7 +134,7 @@ def http_fetch(uri: str) -> tuple[Any, float | None]:
             with session.get(
                 uri, timeout=FETCH_TIMEOUT, stream=True, allow_redirects=False,
                 headers={"User-Agent": USER_AGENT, "Accept": "application/json"},
-                **_environment_settings(uri),
+                **environment_settings(uri),
             ) as response:  # fmt: skip
                 if response.status_code != 200:
                     raise FetchError(f"{uri} answered HTTP {response.status_code}")
@@ -128,7 +148,9 @@ def http_fetch(uri: str) -> tuple[Any, float | None]:
                     if time.monotonic() > deadline:
                         raise FetchError(f"{uri} took more than {FETCH_TIMEOUT:.0f} s")
                 max_age = _max_age(response.headers.get("Cache-Control", ""))
-    except (requests.RequestException, urllib3.exceptions.HTTPError) as e:
+    except requests.RequestException as e:
+        raise FetchError(f"cannot fetch {uri}: {type(e).__name__}", _unreached(e)) from e
+    except urllib3.exceptions.HTTPError as e:
         raise FetchError(f"cannot fetch {uri}: {type(e).__name__}") from e
     try:
         return json.loads(bytes(body).decode("utf-8")), max_age
@@ -323,12 +345,15 @@ class JwksClient:
         full = len(self._recent) == self._recent.maxlen
         return max(self._spaced_until, self._recent[0] + 60 if full else -math.inf)
 
-    def _retry_delay(self) -> float:
-        # Exponential backoff from FIRST_RETRY_SECONDS up to the spacing, with jitter: a JWKS
-        # server that answers again is used within about a second of a short outage, while
-        # a long one costs no more than the spacing allows.
+    def _retry_delay(self, unreached: bool) -> float:
+        # Exponential backoff from FIRST_RETRY_SECONDS, with jitter. Up to the spacing after
+        # a fetch the JWKS server answered badly (it counts against the allowance); up to
+        # UNREACHED_RETRY_SECONDS while no connection can be made at all (it costs the
+        # server nothing, and does not count), so that a JWKS server coming back after any
+        # outage is used within about 2 s.
         backoff = FIRST_RETRY_SECONDS * 2.0 ** min(self._failures - 1, 16)
-        return min(backoff, self.spacing) * (1 - RETRY_JITTER * self._random.random())
+        ceiling = UNREACHED_RETRY_SECONDS if unreached else self.spacing
+        return min(backoff, ceiling) * (1 - RETRY_JITTER * self._random.random())
 
     def _refresh(self, seen: _Snapshot | None) -> _Snapshot | None:
         # Called with the lock held. If another thread fetched while we waited, use its result.
@@ -339,7 +364,6 @@ class JwksClient:
         usable = current if current is not None and now < current.usable_until else None
         if now < self._next_fetch_at():
             return usable
-        self._recent.append(now)
         self.fetches += 1
         # A fetch asked for while ``seen`` is fresh (an unknown kid, a failed signature)
         # starts the spacing; one the cache needed (cold, expired) does not.
@@ -349,10 +373,13 @@ class JwksClient:
             keys = parse_key_set(document)
         except FetchError as e:
             self._failures += 1
-            delay = self._retry_delay()
+            if not e.unreached:
+                self._recent.append(now)
+            delay = self._retry_delay(e.unreached)
             log.warning("JWKS fetch failed: %s; next try in %.1f s at the earliest", e, delay)
             self._spaced_until = self._clock() + delay
             return usable
+        self._recent.append(now)
         self._failures = 0
         if spaced:
             self._spaced_until = now + self.spacing

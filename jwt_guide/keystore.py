@@ -364,10 +364,16 @@ def apply_locked(keys_dir: Path, changes: Sequence[Change]) -> None:
             _apply_journaled(keys_dir, changes, interrupted)
 
 
-def recover(keys_dir: Path) -> bool:
+UNDONE = "undone"  # recover() undid a change a killed process left half applied
+CLEANED = "cleaned"  # recover() only removed stray temporary files (no change was half done)
+
+
+def recover(keys_dir: Path) -> str | None:
     """Undo a change that a killed process left half applied; remove stray temporary files.
 
-    The caller holds ``locked(keys_dir)``. Returns whether there was anything to clean.
+    The caller holds ``locked(keys_dir)``. Returns ``UNDONE`` if a change was undone,
+    ``CLEANED`` if only stray files were removed (left by a process killed before its change
+    began or after it was complete), None if there was nothing to do.
     Raises JwtGuideError if the journal is not one ``apply_locked`` wrote, OSError if a file
     cannot be restored (the journal then stays, for the next attempt).
     """
@@ -384,7 +390,9 @@ def recover(keys_dir: Path) -> bool:
             path.unlink(missing_ok=True)
         if strays:
             _fsync_dir(keys_dir)
-    return steps is not None or bool(strays)
+    if steps is not None:
+        return UNDONE
+    return CLEANED if strays else None
 
 
 @dataclass(frozen=True)

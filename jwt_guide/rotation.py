@@ -43,9 +43,9 @@ KeyFactory = Callable[[], PrivateKey]
 
 
 @contextlib.contextmanager
-def changing(config: Config, create: bool) -> Iterator[bool]:
-    """Hold the keys folder's lock for one command; yield whether an interrupted command's
-    change had to be undone first.
+def changing(config: Config, create: bool) -> Iterator[str | None]:
+    """Hold the keys folder's lock for one command; yield what ``recover`` did first (after
+    an interrupted command), if anything.
 
     ``create``: make the folder if missing (removed again, if still empty, when the command
     fails). Raises OSError if the folder cannot be made or opened, and as ``recover`` does.

@@ -602,6 +602,52 @@ def test_retries_back_off_within_the_allowance_and_retry_after_is_the_next_attem
         assert at + retry_after - 1 < next_fetch <= at + retry_after + step + 1e-6
 
 
+@pytest.mark.parametrize("down_seconds", [1, 5, 20, 300])
+def test_a_server_that_could_not_be_reached_is_used_within_2_s_of_coming_back(
+    clock: FakeClock, good_jwk: dict[str, Any], down_seconds: float
+) -> None:
+    """Attempts that could not connect cost the JWKS server nothing: they do not use up the
+    allowance, so a long outage does not leave the client waiting for it afterwards."""
+    attempts: list[float] = []
+    up_at = clock.now + down_seconds
+
+    def fetch(uri: str) -> tuple[Any, float | None]:
+        attempts.append(clock.now)
+        if clock.now < up_at:
+            raise FetchError(f"cannot fetch {uri}: ConnectionError", unreached=True)
+        return {"keys": [good_jwk]}, None
+
+    client = JwksClient("http://127.0.0.1:1/keys", 600, 5, fetch=fetch, clock=clock)
+    step = 0.05
+    retry_afters: set[int] = set()
+    while True:
+        try:
+            if client.get_key("good") is not None:
+                break
+        except KeysUnavailable as e:
+            retry_afters.add(e.retry_after)
+        clock.advance(step)
+    assert retry_afters <= {1, 2}
+    assert clock.now - up_at <= 2 + step
+    gaps = [b - a for a, b in itertools.pairwise(attempts)]
+    assert all(gap <= 2 + step for gap in gaps), gaps
+    if down_seconds >= 20:  # backing off all the same: about one attempt every 2 s
+        assert len(attempts) <= down_seconds / (2 * (1 - RETRY_JITTER)) + 3
+
+
+def test_refused_connections_are_marked_unreached() -> None:
+    with pytest.raises(FetchError) as refused:
+        jwks_client.http_fetch(f"http://127.0.0.1:{free_port()}/keys")
+    assert refused.value.unreached
+
+
+def test_an_error_answer_counts_against_the_allowance(server: RecordingServer) -> None:
+    server.serve(b"", status=500)
+    with pytest.raises(FetchError) as answered:
+        jwks_client.http_fetch(server.uri)
+    assert not answered.value.unreached
+
+
 def test_retry_delays_are_jittered(server: RecordingServer) -> None:
     delays = set()
     for seed in range(8):

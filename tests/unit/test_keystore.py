@@ -22,8 +22,10 @@ from jwt_guide.algorithms import PrivateKey, encrypted_pem
 from jwt_guide.config import DEFAULT_KID, DEFAULT_PASSPHRASE
 from jwt_guide.errors import JwtGuideError, UsageError
 from jwt_guide.keystore import (
+    CLEANED,
     JOURNAL_FILE,
     KEYRING_FILE,
+    UNDONE,
     KeyRecord,
     apply_changes,
     apply_locked,
@@ -197,8 +199,8 @@ def test_recover_removes_stray_copies_and_nothing_else(tmp_path: Path) -> None:
         (tmp_path / name).write_text(name)
     (tmp_path / ".tmp-dir").mkdir()
     with locked(tmp_path):
-        assert recover(tmp_path) is True
-        assert recover(tmp_path) is False
+        assert recover(tmp_path) == CLEANED
+        assert recover(tmp_path) is None
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([*kept, ".tmp-dir"])
 
 
@@ -240,7 +242,7 @@ def test_no_change_while_an_interrupted_one_is_not_undone(plain_folder: Path) ->
         apply_locked(plain_folder, CHANGES)
     apply_changes(plain_folder, {"token.txt": b"t"})  # sign.py still writes its token
     with locked(plain_folder):
-        assert recover(plain_folder) is True
+        assert recover(plain_folder) == UNDONE
         apply_locked(plain_folder, CHANGES)
     assert contents(plain_folder) == {**AFTER, "token.txt": b"t"}
 

@@ -72,7 +72,7 @@ DISTINCT_TOKENS = 300
 ENV_PREFIXES = ("JWT_", "JWKS_", "PROTECTED_", "TOKEN_CACHE")
 WRK_INSTALL = "sudo apt-get install wrk (Debian/Ubuntu)"
 RS256 = ALGORITHMS["RS256"]  # the guide's algorithm, of the key the HTTP part uses
-IN_PROCESS_ROUNDS = 3  # best of, for the in-process rates (each 0.3 s)
+IN_PROCESS_ROUNDS = 2  # best of, for the in-process rates (each 0.3 s): within 3 minutes
 
 
 class BenchError(JwtGuideError):
@@ -139,6 +139,7 @@ class Setup:
     servers: Servers
     targets: dict[str, Target] = field(default_factory=dict)
     groups: list[tuple[str | None, list[str]]] = field(default_factory=list)  # (peer, ours)
+    warm: list[str] = field(default_factory=list)  # one target of each server
     skipped: dict[str, str] = field(default_factory=dict)  # peer -> one-line reason
 
 
@@ -168,19 +169,23 @@ class Servers:
         self.work = work
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
 
-    def start(self, name: str, target: str, env: Mapping[str, str], workers: int) -> int:
-        """Serve ``target`` as make serve does, on a free port; wait until it accepts."""
-        port = peers.free_port()
+    def start(self, name: str, target: str, env: Mapping[str, str], workers: int,
+              port: int) -> None:  # fmt: skip
+        """Serve ``target`` on ``port`` as make serve does (``wait`` tells when it accepts)."""
         log = (self.work / f"{name}.log").open("wb")
         command = serve.granian_command(target, "127.0.0.1", port, workers)
         self.processes[name] = subprocess.Popen(  # noqa: S603 (our own command)
             command, env=dict(env), cwd=self.work, stdout=log, stderr=log,
             start_new_session=True,
         )  # fmt: skip
+
+    def wait(self, name: str, port: int) -> None:
+        """Wait until server ``name`` accepts on ``port``; raises BenchError if it exits or
+        takes more than 30 s."""
         deadline = time.monotonic() + 30
         while True:
             with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
-                return port
+                return
             if self.processes[name].poll() is not None or time.monotonic() > deadline:
                 tail = (self.work / f"{name}.log").read_text(errors="replace")[-400:]
                 raise BenchError(f"{name} did not start: {tail.strip()}")
@@ -223,12 +228,18 @@ def ours(stack: contextlib.ExitStack, work: Path, env: Mapping[str, str], *, wor
     """Start our three servers (JWKS; protected, token cache on and off); their targets."""
     servers = Servers(work)
     stack.callback(servers.stop)  # also if a start fails
-    jwks = servers.start("jwks", "jwt_guide.http.jwks_app:create_app", env, workers)
-    uri = f"http://127.0.0.1:{jwks}/keys"
-    protected_env = {**env, "JWKS_URI": uri}
-    protected = servers.start("protected", "protected_server:create_app", protected_env, workers)
-    nocache = servers.start("protected-nocache", "protected_server:create_app",
-                            {**protected_env, "TOKEN_CACHE_SIZE": "0"}, workers)  # fmt: skip
+    ports = {name: peers.free_port() for name in ("jwks", "protected", "protected-nocache")}
+    uri = f"http://127.0.0.1:{ports['jwks']}/keys"
+    protected_env = {**env, "JWKS_URI": uri}  # fetched at the first request, not at start
+    servers.start("jwks", "jwt_guide.http.jwks_app:create_app", env, workers, ports["jwks"])
+    servers.start("protected", "protected_server:create_app", protected_env, workers,
+                  ports["protected"])  # fmt: skip
+    servers.start("protected-nocache", "protected_server:create_app",
+                  {**protected_env, "TOKEN_CACHE_SIZE": "0"}, workers,
+                  ports["protected-nocache"])  # fmt: skip
+    for name, port in ports.items():  # started together: their imports overlap
+        servers.wait(name, port)
+    protected, nocache = ports["protected"], ports["protected-nocache"]
     auth = f"Authorization: Bearer {token}"
     setup = Setup(servers)
     setup.targets = {
@@ -240,6 +251,7 @@ def ours(stack: contextlib.ExitStack, work: Path, env: Mapping[str, str], *, wor
     }
     setup.groups = [("fastify", ["with-auth", "auth"]), ("fastify-nocache", ["distinct"]),
                     ("nginx", ["keys"]), ("nginx304", ["keys304"])]  # fmt: skip
+    setup.warm = ["fastify", "with-auth", "fastify-nocache", "distinct", "nginx", "keys"]
     return setup
 
 
@@ -318,11 +330,12 @@ def run_order(groups: Sequence[tuple[str | None, list[str]]], rounds: int) -> It
 
 
 def http_loads(setup: Setup, seconds: float, rounds: int) -> dict[str, list[Load]]:
-    """Every wrk run, ``rounds`` times, in ``run_order``; a 1 s warm-up of each first (keys
-    fetched by every worker, JIT, caches)."""
+    """Every wrk run, ``rounds`` times, in ``run_order``; first a 1 s warm-up of each server
+    (keys fetched by every worker, JIT, caches)."""
     groups = [(peer if peer in setup.targets else None, names) for peer, names in setup.groups]
-    for name in run_order(groups, 1):
-        wrk(setup.targets[name], 1)
+    for name in setup.warm:
+        if name in setup.targets:
+            wrk(setup.targets[name], 1)
     loads: dict[str, list[Load]] = {}
     for name in run_order(groups, rounds):
         loads.setdefault(name, []).append(wrk(setup.targets[name], seconds))
@@ -690,7 +703,7 @@ def measure_memory(parent: int, url: str, idle: float, config: Config, key: Publ
     workers = max(1, len(worker_rss_mib(parent)))
     try:
         sent = hostile_heads(url, workers * serve.BACKPRESSURE, serve.HTTP1_BUFFER_BYTES)
-        time.sleep(1)
+        time.sleep(0.5)
         hostile = max(worker_rss_mib(parent), default=0)
     finally:
         close_all()
@@ -718,7 +731,7 @@ def run(args: argparse.Namespace) -> list[Row]:
         rows = verify_rows(in_process(signed, public, config, IN_PROCESS_ROUNDS))
         print("bench: sign and verify per algorithm, in process", file=sys.stderr)
         private = load_private_key(config.private_key_path, config.passphrase)
-        rows += algorithm_rows(algorithm_rates(work, private, config, IN_PROCESS_ROUNDS - 1))
+        rows += algorithm_rows(algorithm_rates(work, private, config, IN_PROCESS_ROUNDS))
         if shutil.which("wrk") is None:
             print(f"bench: wrk not found: HTTP part skipped; install it with {WRK_INSTALL}",
                   file=sys.stderr)  # fmt: skip

@@ -675,10 +675,10 @@ def memory_rows(m: Memory) -> list[Row]:
         Row("protected server RSS per worker (MiB)", f"{m.loaded:.1f} after load",
             f"{m.idle:.1f} idle; cache {m.cache_size:,} x {m.entry_bytes:.0f} B = {cache:.1f}",
             None, None),
-        Row("  hostile heads on every connection", f"{m.hostile:.1f}",
-            f"{m.hostile_mib_sent:.0f} MiB of unfinished heads; bound {m.idle:.0f} + "
-            f"{cache:.0f} + {serve.BACKPRESSURE} x 2 x {serve.HTTP1_BUFFER_BYTES // 1024} KiB"
-            f" = {bound:.0f}", None, None),
+        Row("  with hostile heads on every connection", f"{m.hostile:.1f} "
+            f"({m.hostile_mib_sent:.0f} MiB held)", f"bound {m.idle:.0f} + {cache:.1f} + "
+            f"{serve.BACKPRESSURE} x 2 x {serve.HTTP1_BUFFER_BYTES // 1024} KiB = {bound:.0f}",
+            None, None),
     ]  # fmt: skip
 
 

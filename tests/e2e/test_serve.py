@@ -333,7 +333,7 @@ def test_headers_past_64_kib_reach_the_app(start_serve: ServeFactory, headers: b
 
 def test_headers_far_past_the_buffer_are_refused_by_granian(start_serve: ServeFactory) -> None:
     # hyper checks the buffer only between reads, so how far past it a head can get depends
-    # on how the bytes arrive (here up to about 400 KB with 256 KiB); four times is always out.
+    # on how the bytes arrive (up to about twice the buffer); four times is always out.
     server = start_serve()
     for port in server.ports:
         status, _ = _exchange(port, b"X-Big: " + b"a" * 4 * serve.HTTP1_BUFFER_BYTES + b"\r\n")

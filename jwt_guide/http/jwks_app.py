@@ -5,7 +5,8 @@ current and retired public keys, each ``{"kty", "n", "e", "kid", "use": "sig", "
 "RS256"}``, turned from PEM into JWK by jwcrypto (the guide's ``pem-jwk``). The key set is
 rebuilt only when a key file changes (seen by ``stat``, so a replaced key is picked up without
 a restart and no file is read on the request path), and served with ``Cache-Control``,
-``ETag`` and 304 answers to ``If-None-Match``.
+``ETag`` and 304 answers to ``If-None-Match``. ``GET /.well-known/openid-configuration``
+answers the discovery document (jwt_guide.http.discovery), cached and conditional alike.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from werkzeug.http import HTTP_STATUS_CODES, parse_etags
 
 from jwt_guide.config import PUBLIC_KEY_FILE, Config, load_config
 from jwt_guide.errors import JwtGuideError, UsageError
+from jwt_guide.http.discovery import DISCOVERY_PATH, DiscoveryDocument
 from jwt_guide.http.errors import add_json_errors
 from jwt_guide.http.limits import apply_serving_limits
 from jwt_guide.keystore import KEYRING_FILE, file_stamps, public_key_from_pem, read_keyring
@@ -59,6 +61,13 @@ def build_jwks(keys_dir: Path, default_kid: str) -> dict[str, Any]:
     return {"keys": [public_jwk(r.public_pem, r.kid) for r in ring.records]}
 
 
+def key_set_algorithms(key_set: bytes) -> list[str]:
+    """The algorithms of the keys in a serialised key set (each JWK's ``alg``), sorted, each
+    once: the discovery document's ``id_token_signing_alg_values_supported``."""
+    keys = json.loads(key_set)["keys"]
+    return sorted({key["alg"] for key in keys if isinstance(key.get("alg"), str)})
+
+
 class JwksCache:
     """The serialised key set and its ETag, rebuilt only when a key file changes."""
 
@@ -90,7 +99,13 @@ def key_set_answer(cache: JwksCache, cache_control: str, if_none_match: str | No
 
     Raises JwtGuideError (from ``JwksCache.get``) when there is no key set to serve.
     """
-    body, etag = cache.get()
+    return conditional_answer(*cache.get(), cache_control, if_none_match)
+
+
+def conditional_answer(
+    body: bytes, etag: str, cache_control: str, if_none_match: str | None
+) -> Answer:
+    """200 with ``body`` (JSON) and its caching headers, or 304 if ``If-None-Match`` matches."""
     headers = [("ETag", f'"{etag}"'), ("Cache-Control", cache_control)]
     if if_none_match and parse_etags(if_none_match).contains_weak(etag):
         return 304, headers, b""
@@ -143,6 +158,21 @@ def create_app(config: Config | None = None) -> Flask:
             )
         except JwtGuideError as e:
             app.logger.error("cannot serve the key set: %s", e)
+            abort(500, description="the public key is not available on this server")
+        return Response(body, status, headers)
+
+    # Discovery: the document, cached and conditional like the key set.
+    document = DiscoveryDocument(cache.get, key_set_algorithms, config.issuer, config.public_url)
+
+    @app.get(DISCOVERY_PATH, provide_automatic_options=False)
+    def openid_configuration() -> Response:
+        """The discovery document (OpenID Connect Discovery), conditional on ``If-None-Match``."""
+        try:
+            status, headers, body = conditional_answer(
+                *document.get(), cache_control, request.headers.get("If-None-Match")
+            )
+        except JwtGuideError as e:
+            app.logger.error("cannot serve the discovery document: %s", e)
             abort(500, description="the public key is not available on this server")
         return Response(body, status, headers)
 

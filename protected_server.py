@@ -8,6 +8,11 @@ valid token gets ``Result: <its claims as compact JSON>``; the refusals follow R
 malformed Authorization header, 401 ``invalid_token`` for a token that does not verify,
 503 with ``Retry-After`` when no key set can be had.
 
+``GET /auth`` is the same check for a gateway (nginx's ``auth_request``, make gateway): 204
+with the claims in ``X-Jwt-Claims`` (base64url of the compact JSON), or the same refusals.
+With ``JWT_ISSUER`` an http(s) URL and no ``JWKS_URI``, the JWKS URL is read from the
+issuer's discovery document (jwt_guide/discovery.py).
+
 ``create_app`` is the app factory a production WSGI server runs (``make serve``).
 """
 
@@ -24,6 +29,7 @@ import json
 from collections.abc import Sequence
 
 from flask import Flask, Response, g
+from jwt.utils import base64url_encode
 
 from jwt_guide import Verifier
 from jwt_guide.cli import ArgumentParser, run
@@ -57,6 +63,14 @@ def create_app(
         """The guide's protected endpoint: echo the verified claims."""
         claims = json.dumps(g.jwt_claims, separators=(",", ":"), ensure_ascii=False)
         return Response(f"Result: {claims}", mimetype="text/plain")
+
+    @app.get("/auth", provide_automatic_options=False)
+    @auth.required
+    def auth_request() -> Response:
+        """For a gateway's ``auth_request``: 204 with the claims in ``X-Jwt-Claims``."""
+        claims = json.dumps(g.jwt_claims, separators=(",", ":"), ensure_ascii=False)
+        encoded = base64url_encode(claims.encode()).decode("ascii")
+        return Response(status=204, headers={"X-Jwt-Claims": encoded})
 
     apply_serving_limits(app)
     return app

@@ -16,6 +16,7 @@ import requests
 from jwt_guide.cli import ArgumentParser, run
 from jwt_guide.config import load_config
 from jwt_guide.errors import JwtGuideError, UsageError
+from jwt_guide.jwks_client import environment_settings
 
 TIMEOUT = (5.0, 30.0)  # connect, read
 
@@ -27,7 +28,12 @@ def call(url: str, token: str) -> str:
     line naming the URL if the server cannot be reached.
     """
     try:
-        response = requests.get(url, headers={"Authorization": f"Bearer {token}"}, timeout=TIMEOUT)
+        with requests.Session() as session:
+            session.trust_env = False  # else .netrc credentials replace the Bearer header
+            response = session.get(
+                url, headers={"Authorization": f"Bearer {token}"}, timeout=TIMEOUT,
+                **environment_settings(url),
+            )  # fmt: skip
     except requests.ConnectionError:
         raise JwtGuideError(
             f"cannot connect to {url}: is protected_server.py running? (make protected-server)"

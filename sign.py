@@ -1,6 +1,7 @@
-"""Step 2 of the guide: sign an RS256 JWT with the encrypted private key.
+"""Step 2 of the guide: sign a JWT with the encrypted private key (RS256 for the guide's key).
 
-The header is ``{"alg": "RS256", "typ": "JWT", "kid": <kid of the current key>}``; the claims
+The header is ``{"alg": <the algorithm the current key is bound to>, "typ": "JWT", "kid":
+<kid of the current key>}``; the claims
 are the payload followed by ``iat`` (now), ``exp`` (``iat`` + lifetime) and ``iss``, then
 ``aud`` when an audience is configured (``--audience`` or ``JWT_AUDIENCE``). The token is
 saved to ``token.txt`` in the keys folder.
@@ -48,7 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
     """The command line of step 2."""
     parser = ArgumentParser(
         prog="sign.py",
-        description="Step 2: sign an RS256 JWT with the private key and save it to token.txt.",
+        description="Step 2: sign a JWT with the current private key, by the algorithm it is "
+        "bound to (RS256 for the guide's key), and save it to token.txt.",
     )
     parser.add_argument(
         "--payload", type=_payload, default=DEFAULT_PAYLOAD, metavar="JSON",

@@ -2,6 +2,9 @@
 
 The key is chosen as the servers choose it: by the token's ``kid`` among the keys folder's
 published keys (next, current and retired), or the one key given with ``--public-key``.
+The token's ``alg`` must be exactly the one the key is bound to: as recorded in the keys
+folder, or for ``--public-key`` by its type (RSA: RS256, or PS256 with ``--alg PS256``;
+EC P-256: ES256; Ed25519: EdDSA).
 The checks, and their order, are those of every verifier of the project
 (``jwt_guide.Verifier``; see jwt_guide/tokens.py): on failure, one line names the first that
 failed (``verify: expired``...). ``--inspect`` shows the token as jwt.io would, then the
@@ -23,6 +26,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from jwt_guide import Verifier
+from jwt_guide.algorithms import ALGORITHMS
 from jwt_guide.cli import ArgumentParser, audience_argument, run
 from jwt_guide.config import load_config, parse_duration
 from jwt_guide.errors import UsageError
@@ -57,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The command line of step 3."""
     parser = ArgumentParser(
         prog="verify.py",
-        description="Step 3: verify the RS256 token with the public key and print its claims.",
+        description="Step 3: verify the token with the public key and print its claims.",
     )
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--token", help="the token itself (default: read token.txt)")
@@ -69,6 +73,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--public-key", metavar="PATH",
         help="SPKI PEM public key to verify with, whatever the token's kid (default: the key "
         "of the token's kid among the published keys of $JWT_KEYS_DIR, else keys/)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--alg", choices=list(ALGORITHMS), metavar="ALG",
+        help="with --public-key: the algorithm its key is bound to (default: by its type, "
+        "RS256 for RSA, ES256 for EC P-256, EdDSA for Ed25519; PS256 only when given)",
     )  # fmt: skip
     parser.add_argument(
         "--audience", type=audience_argument, metavar="AUD",
@@ -95,7 +104,7 @@ def _step(args: argparse.Namespace, now: Callable[[], float]) -> int:
     config = load_config()
     token = _read_token(args, config.token_path)
     keys: KeySource = (
-        PemFileKey(Path(args.public_key).absolute())
+        PemFileKey(Path(args.public_key).absolute(), args.alg)
         if args.public_key
         else FolderKeys(config.keys_dir, config.kid)
     )
@@ -114,7 +123,11 @@ def _step(args: argparse.Namespace, now: Callable[[], float]) -> int:
 
 def main(argv: Sequence[str] | None = None, now: Callable[[], float] = time.time) -> int:
     """Run step 3; return the exit code."""
-    return run("verify", lambda: _step(build_parser().parse_args(argv), now))
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.alg and not args.public_key:
+        parser.error("--alg goes with --public-key (the keys folder records each key's alg)")
+    return run("verify", lambda: _step(args, now))
 
 
 if __name__ == "__main__":

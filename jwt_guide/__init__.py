@@ -11,6 +11,8 @@ arguments and output):
 
 - ``errors``: the one root ``JwtGuideError`` and what derives from it;
 - ``config``: every setting, from the environment, validated once (``load_config``);
+- ``algorithms``: the one table of algorithms (RS256, PS256, ES256, EdDSA), each bound to
+  one type of key; strict reading of fetched JWKs; the key files' formats;
 - ``keystore``: the keys folder: key files, the key ring, atomic changes and their recovery;
 - ``rotation``: gen.py's commands (create, next, promote, prune, list) on the keys folder;
 - ``tokens``: strict parsing and every check of a token, in order (``verify_token``);

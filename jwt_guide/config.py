@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from jwt_guide.algorithms import ALGORITHMS, DEFAULT_ALGORITHM
 from jwt_guide.errors import UsageError
 
 DEFAULT_PASSPHRASE = "some-secret-phrase"  # noqa: S105 (the guide's public default)
@@ -61,6 +62,7 @@ class Config:
     token_cache_size: int
     server_workers: int
     audience: str | None = None
+    alg: str = DEFAULT_ALGORITHM  # the algorithm gen.py binds new keys to
     # Discovery and make gateway: the discovery document's base URL; whether JWKS_URI was set
     # (if not, and the issuer is an http(s) URL, the JWKS URL is read from the issuer's
     # discovery document, see jwt_guide.discovery); nginx's port and the instances behind it.
@@ -171,12 +173,20 @@ def load_config(environ: Mapping[str, str] = os.environ) -> Config:
         token_cache_size=_integer(environ, "TOKEN_CACHE_SIZE", DEFAULT_TOKEN_CACHE_SIZE, 0, 10**7),
         server_workers=_integer(environ, "SERVER_WORKERS", os.cpu_count() or 1, 1, 256),
         audience=_text(environ, "JWT_AUDIENCE", "") if "JWT_AUDIENCE" in environ else None,
+        alg=_algorithm(environ),
         # Discovery and make gateway:
         public_url=_url(environ, "JWT_PUBLIC_URL", f"http://localhost:{jwks_port}").rstrip("/"),
         jwks_uri_set="JWKS_URI" in environ,
         gateway_port=_integer(environ, "GATEWAY_PORT", DEFAULT_GATEWAY_PORT, 1, 65535),
         gateway_instances=_integer(environ, "GATEWAY_INSTANCES", DEFAULT_GATEWAY_INSTANCES, 1, 64),
     )
+
+
+def _algorithm(environ: Mapping[str, str]) -> str:
+    value = environ.get("JWT_ALG", DEFAULT_ALGORITHM)
+    if value not in ALGORITHMS:  # exact: "rs256" or "ES256 " would be a different JOSE name
+        raise UsageError(f"JWT_ALG={value!r:.40} is not one of {', '.join(ALGORITHMS)}")
+    return value
 
 
 def _url(environ: Mapping[str, str], name: str, default: str) -> str:

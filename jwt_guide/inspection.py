@@ -18,6 +18,7 @@ from jwt_guide.tokens import (
     ParsedToken,
     Policy,
     b64decode,
+    check_algorithm,
     claim_failures,
     is_number,
     json_object,
@@ -76,10 +77,18 @@ def inspect(token: str, keys: KeySource, policy: Policy, now: float) -> list[str
 
 def _signature_check(parsed: ParsedToken, keys: KeySource, lines: list[str]) -> list[str]:
     try:
-        key = keys.key_for(parsed.kid).key
+        key = keys.key_for(parsed.kid)
     except InvalidToken as e:
         lines.append("signature: not checked, no key for this token")
         return [str(e)]
-    valid = signature_is_valid(parsed, key)
-    lines.append(f"signature: {'verified' if valid else 'INVALID'} with the public key")
+    try:
+        check_algorithm(parsed, key.algorithm)
+    except InvalidToken as e:
+        lines.append(f"signature: not checked, the key is bound to {key.alg}")
+        return [str(e)]
+    valid = signature_is_valid(parsed, key.key, key.algorithm)
+    # "valid", not "verified": the lines above say the contents were shown NOT verified, and
+    # the two read as a contradiction (issue 8).
+    outcome = "valid" if valid else "INVALID"
+    lines.append(f"signature: {outcome} (checked with the public key, {key.alg})")
     return [] if valid else ["invalid signature"]

@@ -18,17 +18,23 @@ Behaviour (see the README's SECURITY section):
 - after a failed fetch the next may start ``FIRST_RETRY_SECONDS`` later, then twice as long
   after each further failure in a row, up to the spacing, each delay shortened by a random
   part of up to ``RETRY_JITTER`` (so that many servers do not retry in step), and always
-  within the per-minute allowance;
+  within the per-minute allowance. An attempt that could not even connect (refused,
+  unreachable, no such host, connect timeout) reached no server and is not counted against
+  the allowance; such attempts back off only up to ``UNREACHED_RETRY_SECONDS``, so a JWKS
+  server that comes back after an outage of any length is used within about 2 s;
 - one fetch at a time: concurrent requests wait for it and share its result, while requests
   whose key is cached never wait (a stale cached key is served while the refresh runs);
 - a fetch fails on a timeout (5 s in all), a status other than 200, a body over
   ``MAX_JWKS_BYTES``, or a body that is not a JSON key set. It sends no credentials: no
   ``.netrc``; only proxies and a CA bundle are taken from the environment (``http_fetch``);
-- entries of the key set are used only if they are RSA signing keys for RS256; an entry that
-  is malformed (a registered member of the wrong type), carries private members, has a
-  modulus that is even or outside 2048..16384 bits or an exponent that is even, under 3 or
-  over 33 bits (BoringSSL's limits), or shares a ``kid``, is skipped and logged; the rest of
-  the set is used;
+- entries of the key set are read by ``jwt_guide.algorithms.key_from_jwk``: each becomes a
+  key bound to one algorithm of the table (its ``alg``, else RS256 for RSA, ES256 for EC
+  P-256, EdDSA for Ed25519; never PS256 by guess). An entry that is malformed (a registered
+  member of the wrong type, an EC point off the curve...), carries private members, has RSA
+  numbers outside BoringSSL's limits, has no ``kid`` or shares one, is skipped and logged
+  as a warning; a well-formed key for something else (encryption, another curve such as
+  P-384 or secp256k1, Ed448, an algorithm outside the table) is skipped at debug level; the
+  rest of the set is used;
 - after a failed fetch the previous keys stay in use for up to ``STALE_IF_ERROR_SECONDS``
   past their expiry; with no keys at all, ``KeysUnavailable`` says when the next fetch may
   start.
@@ -56,13 +62,11 @@ from typing import Any
 
 import requests
 import urllib3
-from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey, RSAPublicNumbers
-from jwt.utils import from_base64url_uint
 from requests.utils import get_environ_proxies
 
+from jwt_guide.algorithms import KeyRejected, key_from_jwk
 from jwt_guide.errors import InvalidToken, JwtGuideError, KeysUnavailable
 from jwt_guide.keys import PublishedKey, no_kid
-from jwt_guide.tokens import ALGORITHM
 
 USER_AGENT = "jwt-guide-jwks-client/0.1"
 FETCH_TIMEOUT = 5.0
@@ -70,18 +74,28 @@ MAX_JWKS_BYTES = 256 * 1024
 MIN_CACHE_SECONDS = 10
 STALE_IF_ERROR_SECONDS = 3600
 FIRST_RETRY_SECONDS = 1.0  # Envoy's failed_refetch_duration
+UNREACHED_RETRY_SECONDS = 2.0  # retry ceiling while the JWKS server cannot be connected to
 RETRY_JITTER = 0.25  # each retry delay is shortened by a random part of up to this fraction
-MIN_RSA_BITS = 2048
-MAX_RSA_BITS = 16384  # BoringSSL's and OpenSSL's OPENSSL_RSA_MAX_MODULUS_BITS
-MAX_EXPONENT_BITS = 33  # BoringSSL's kMaxExponentBits: larger ones only slow verification
-PRIVATE_MEMBERS = frozenset({"d", "p", "q", "dp", "dq", "qi", "oth", "k"})
 LOGGED_SKIPS = 5  # skipped entries named in the one log line of a fetch
 
 log = logging.getLogger(__name__)
 
 
 class FetchError(JwtGuideError):
-    """Raised when the JWKS could not be fetched or is not a usable key set."""
+    """Raised when the JWKS could not be fetched or is not a usable key set; ``unreached``
+    when no connection to the server could be made (refused, unreachable, no such host,
+    connect timeout), so the attempt cost the JWKS server nothing."""
+
+    def __init__(self, message: str, unreached: bool = False) -> None:
+        super().__init__(message)
+        self.unreached = unreached
+
+
+def _unreached(e: requests.RequestException) -> bool:
+    # requests wraps urllib3's MaxRetryError, whose ``reason`` says what failed.
+    reason = getattr(e.args[0], "reason", None) if e.args else None
+    connect_errors = (urllib3.exceptions.NewConnectionError, urllib3.exceptions.ConnectTimeoutError)
+    return isinstance(e, requests.ConnectTimeout) or isinstance(reason, connect_errors)
 
 
 # A fetch returns the parsed JSON document and the server's max-age, if it sent one.
@@ -95,10 +109,13 @@ def _max_age(cache_control: str) -> float | None:
     return float(match.group(1)) if match else None
 
 
-def _environment_settings(uri: str) -> dict[str, Any]:
-    # What requests' trust_env takes from the environment, minus the .netrc credentials it
-    # would also send: the proxies (HTTP_PROXY, HTTPS_PROXY, ALL_PROXY, NO_PROXY) and the
-    # CA bundle (REQUESTS_CA_BUNDLE, CURL_CA_BUNDLE), read as requests reads them.
+def environment_settings(uri: str) -> dict[str, Any]:
+    """The keyword arguments for a request to ``uri`` from a ``requests.Session`` whose
+    ``trust_env`` is off: what trust_env would take from the environment, minus the
+    ``.netrc`` credentials it would also send (sent to any host the file names, in place of
+    the caller's own Authorization header). That is: the proxies (HTTP_PROXY, HTTPS_PROXY,
+    ALL_PROXY, NO_PROXY) and the CA bundle (REQUESTS_CA_BUNDLE, CURL_CA_BUNDLE), read as
+    requests reads them."""
     ca_bundle = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
     return {"proxies": get_environ_proxies(uri), "verify": ca_bundle or True}
 
@@ -117,7 +134,7 @@ def http_fetch(uri: str) -> tuple[Any, float | None]:
             with session.get(
                 uri, timeout=FETCH_TIMEOUT, stream=True, allow_redirects=False,
                 headers={"User-Agent": USER_AGENT, "Accept": "application/json"},
-                **_environment_settings(uri),
+                **environment_settings(uri),
             ) as response:  # fmt: skip
                 if response.status_code != 200:
                     raise FetchError(f"{uri} answered HTTP {response.status_code}")
@@ -131,7 +148,9 @@ def http_fetch(uri: str) -> tuple[Any, float | None]:
                     if time.monotonic() > deadline:
                         raise FetchError(f"{uri} took more than {FETCH_TIMEOUT:.0f} s")
                 max_age = _max_age(response.headers.get("Cache-Control", ""))
-    except (requests.RequestException, urllib3.exceptions.HTTPError) as e:
+    except requests.RequestException as e:
+        raise FetchError(f"cannot fetch {uri}: {type(e).__name__}", _unreached(e)) from e
+    except urllib3.exceptions.HTTPError as e:
         raise FetchError(f"cannot fetch {uri}: {type(e).__name__}") from e
     try:
         return json.loads(bytes(body).decode("utf-8")), max_age
@@ -151,104 +170,19 @@ class _Skipped(Exception):
         self.notable = notable
 
 
-def _is_str(value: Any) -> bool:
-    return isinstance(value, str)
-
-
-def _is_str_set(value: Any) -> bool:
-    return isinstance(value, list) and all(map(_is_str, value)) and len(set(value)) == len(value)
-
-
-def _is_str_list(value: Any) -> bool:
-    return isinstance(value, list) and bool(value) and all(map(_is_str, value))
-
-
-def _is_object_list(value: Any) -> bool:
-    return isinstance(value, list) and all(isinstance(item, dict) for item in value)
-
-
-def _is_bool(value: Any) -> bool:
-    return isinstance(value, bool)
-
-
-_STRING_MEMBERS = (
-    "kty", "use", "alg", "kid", "x5u", "x5t", "x5t#S256", "crv", "x", "y", "n", "e",
-    "d", "p", "q", "dp", "dq", "qi", "k",
-)  # fmt: skip
-# The type of every member registered for a JWK (RFC 7517 4, RFC 7518 6, W3C WebCrypto's
-# ext). PyJWK does not check their types (a key_ops of null made `in` raise TypeError: a 500), so
-# they are checked here; unregistered members are ignored, as RFC 7517 4 says.
-_MEMBER_TYPES: dict[str, tuple[Callable[[Any], bool], str]] = {
-    **{name: (_is_str, "a string") for name in _STRING_MEMBERS},
-    "key_ops": (_is_str_set, "a list of distinct strings"),
-    "x5c": (_is_str_list, "a non-empty list of strings"),
-    "oth": (_is_object_list, "a list of objects"),
-    "ext": (_is_bool, "a boolean"),
-}
-
-
-def _check_member_types(jwk: dict[str, Any]) -> None:
-    """Raises _Skipped naming the first registered member of ``jwk`` of the wrong type."""
-    for name, value in jwk.items():
-        check = _MEMBER_TYPES.get(name)
-        if check is not None and not check[0](value):
-            raise _Skipped(f"malformed: {name} is not {check[1]}")
-
-
-def _check_purpose(jwk: dict[str, Any]) -> None:
-    """Raises _Skipped (not notable) unless ``jwk`` is an RSA public key for RS256 signatures."""
-    if jwk.get("kty") != "RSA":
-        raise _Skipped("not an RSA key", notable=False)
-    if jwk.get("use", "sig") != "sig" or "verify" not in jwk.get("key_ops", ["verify"]):
-        raise _Skipped("not a signature verification key", notable=False)
-    if jwk.get("alg", ALGORITHM) != ALGORITHM:
-        raise _Skipped(f"not for {ALGORITHM}", notable=False)
-
-
-def _rsa_public_key(jwk: dict[str, Any]) -> RSAPublicKey:
-    """The RSA public key of ``jwk`` (members already type-checked).
-
-    Raises _Skipped when ``n`` or ``e`` is missing or not base64url, or outside the limits
-    BoringSSL sets (rsa_check_public_key): an odd modulus of 2048 (our minimum) to 16,384
-    bits and an odd exponent of at least 3 and at most 33 bits. The numbers are checked
-    here, before the key is built, because cryptography accepts an even modulus, one of any
-    size, and an exponent as large as the modulus (a 3071-bit one makes each verification
-    66 times slower).
-    """
-    if "n" not in jwk or "e" not in jwk:
-        raise _Skipped("malformed: no n or no e")
-    try:
-        n, e = from_base64url_uint(jwk["n"]), from_base64url_uint(jwk["e"])
-    except ValueError:
-        raise _Skipped("malformed: n or e is not base64url") from None
-    if not MIN_RSA_BITS <= n.bit_length() <= MAX_RSA_BITS:
-        raise _Skipped(f"modulus of {n.bit_length()} bits, not {MIN_RSA_BITS} to {MAX_RSA_BITS}")
-    if n % 2 == 0:
-        raise _Skipped("even modulus")
-    if e < 3 or e % 2 == 0 or e.bit_length() > MAX_EXPONENT_BITS:
-        raise _Skipped(f"exponent not odd, at least 3 and at most {MAX_EXPONENT_BITS} bits")
-    try:
-        return RSAPublicNumbers(e, n).public_key()
-    except ValueError as error:
-        raise _Skipped(f"not a valid RSA key: {error}") from None
-
-
 def _published_key(jwk: Any) -> PublishedKey:
-    """The verification key of one key-set entry.
+    """The verification key of one key-set entry, bound to its algorithm.
 
-    Raises _Skipped when the entry is not an object, is malformed, carries private members,
-    has no ``kid``, is not an RS256 signature key or its RSA numbers are refused.
+    Raises _Skipped when ``key_from_jwk`` refuses the entry (see its docstring) or it has no
+    ``kid`` (its type is checked there: a string, when present).
     """
-    if not isinstance(jwk, dict):
-        raise _Skipped("malformed: not a JSON object")
-    _check_member_types(jwk)
-    if PRIVATE_MEMBERS & jwk.keys():
-        raise _Skipped("carries private members")
+    try:
+        key, algorithm = key_from_jwk(jwk)
+    except KeyRejected as e:
+        raise _Skipped(e.reason, notable=not e.unsupported) from None
     if not jwk.get("kid"):
         raise _Skipped("malformed: no kid")
-    _check_purpose(jwk)
-    key = _rsa_public_key(jwk)
-    return PublishedKey(jwk["kid"], jwk["n"], jwk["e"], key)
+    return PublishedKey.of(jwk["kid"], key, algorithm.name)
 
 
 def _shown_kid(jwk: Any) -> str:
@@ -257,7 +191,7 @@ def _shown_kid(jwk: Any) -> str:
 
 
 def parse_key_set(document: Any) -> dict[str, PublishedKey]:
-    """The RS256 verification keys of a JWKS document, by ``kid``.
+    """The verification keys of a JWKS document, by ``kid``, each bound to its algorithm.
 
     Raises FetchError if ``document`` is not a key set. Entries that cannot be used are
     skipped, as PyJWT's ``PyJWKSet`` skips them, and every key whose ``kid`` appears more
@@ -411,12 +345,15 @@ class JwksClient:
         full = len(self._recent) == self._recent.maxlen
         return max(self._spaced_until, self._recent[0] + 60 if full else -math.inf)
 
-    def _retry_delay(self) -> float:
-        # Exponential backoff from FIRST_RETRY_SECONDS up to the spacing, with jitter: a JWKS
-        # server that answers again is used within about a second of a short outage, while
-        # a long one costs no more than the spacing allows.
+    def _retry_delay(self, unreached: bool) -> float:
+        # Exponential backoff from FIRST_RETRY_SECONDS, with jitter. Up to the spacing after
+        # a fetch the JWKS server answered badly (it counts against the allowance); up to
+        # UNREACHED_RETRY_SECONDS while no connection can be made at all (it costs the
+        # server nothing, and does not count), so that a JWKS server coming back after any
+        # outage is used within about 2 s.
         backoff = FIRST_RETRY_SECONDS * 2.0 ** min(self._failures - 1, 16)
-        return min(backoff, self.spacing) * (1 - RETRY_JITTER * self._random.random())
+        ceiling = UNREACHED_RETRY_SECONDS if unreached else self.spacing
+        return min(backoff, ceiling) * (1 - RETRY_JITTER * self._random.random())
 
     def _refresh(self, seen: _Snapshot | None) -> _Snapshot | None:
         # Called with the lock held. If another thread fetched while we waited, use its result.
@@ -427,7 +364,6 @@ class JwksClient:
         usable = current if current is not None and now < current.usable_until else None
         if now < self._next_fetch_at():
             return usable
-        self._recent.append(now)
         self.fetches += 1
         # A fetch asked for while ``seen`` is fresh (an unknown kid, a failed signature)
         # starts the spacing; one the cache needed (cold, expired) does not.
@@ -437,10 +373,13 @@ class JwksClient:
             keys = parse_key_set(document)
         except FetchError as e:
             self._failures += 1
-            delay = self._retry_delay()
+            if not e.unreached:
+                self._recent.append(now)
+            delay = self._retry_delay(e.unreached)
             log.warning("JWKS fetch failed: %s; next try in %.1f s at the earliest", e, delay)
             self._spaced_until = self._clock() + delay
             return usable
+        self._recent.append(now)
         self._failures = 0
         if spaced:
             self._spaced_until = now + self.spacing

@@ -5,9 +5,10 @@
   by ``kid`` as the servers choose from the JWKS; read again when a key file changes;
 - ``PemFileKey``: one public key file, used whatever the token's ``kid``.
 
-Each returns ``PublishedKey`` objects, equal only when ``kid``, ``n`` and ``e`` are: a key
-replaced under the same ``kid`` is another key, which is how a verifier knows that what it
-cached no longer holds.
+Each returns ``PublishedKey`` objects: a public key, its ``kid`` and the one algorithm it is
+bound to (a token must name exactly that one). Two are equal only when ``kid``, algorithm and
+public JWK members are: a key replaced under the same ``kid`` (or bound to another
+algorithm) is another key, which is how a verifier knows that what it cached no longer holds.
 """
 
 from __future__ import annotations
@@ -18,9 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
-from jwt.utils import to_base64url_uint
-
+from jwt_guide.algorithms import Algorithm, KeyRejected, PublicKey, algorithm_for_key
 from jwt_guide.config import PUBLIC_KEY_FILE
 from jwt_guide.errors import InvalidToken, JwtGuideError, UsageError
 from jwt_guide.keystore import KEYRING_FILE, file_stamps, public_key_from_pem, read_keyring
@@ -31,19 +30,25 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class PublishedKey:
-    """A verification key; equal to another only if kid, n and e are equal."""
+    """A verification key bound to one algorithm; equal to another only if kid, alg and the
+    public JWK members (RFC 7638's: RSA n, e; EC crv, x, y; OKP crv, x) are equal."""
 
     kid: str
-    n: str
-    e: str
-    key: RSAPublicKey = field(compare=False, repr=False)
+    alg: str
+    members: tuple[tuple[str, str], ...]
+    key: PublicKey = field(compare=False, repr=False)
+    algorithm: Algorithm = field(compare=False, repr=False)
 
     @classmethod
-    def of(cls, kid: str, key: RSAPublicKey) -> PublishedKey:
-        """The ``PublishedKey`` of an RSA public key, under ``kid``."""
-        numbers = key.public_numbers()
-        n, e = (to_base64url_uint(v).decode("ascii") for v in (numbers.n, numbers.e))
-        return cls(kid, n, e, key)
+    def of(cls, kid: str, key: PublicKey, alg: str | None = None) -> PublishedKey:
+        """The ``PublishedKey`` of a public key under ``kid``, bound to ``alg`` (None: the
+        default of its type, RS256 for RSA, never PS256).
+
+        Raises KeyRejected if the key is not supported or ``alg`` does not fit it.
+        """
+        algorithm = algorithm_for_key(key, alg)
+        members = tuple(algorithm.public_jwk(key).items())
+        return cls(kid, algorithm.name, members, key, algorithm)
 
 
 class KeySource(Protocol):
@@ -102,7 +107,7 @@ class FolderKeys:
         keys: dict[str, PublishedKey] = {}
         for r in ring.records:
             key = public_key_from_pem(r.public_pem.encode(), f"key {r.kid!r} of {self.keys_dir}")
-            keys[r.kid] = PublishedKey.of(r.kid, key)
+            keys[r.kid] = PublishedKey.of(r.kid, key, r.alg)  # read_keyring checked the fit
         guide_only = not (self.keys_dir / KEYRING_FILE).exists()
         return _FolderState(stamps, keys, current.kid if guide_only else None)
 
@@ -144,20 +149,26 @@ class FolderKeys:
 
 
 class PemFileKey:
-    """One RSA public key from a PEM file, used for every token whatever its ``kid``.
+    """One public key from a PEM file, used for every token whatever its ``kid``.
 
-    Construction raises UsageError if the file does not exist, JwtGuideError if it cannot be
-    read or holds no RSA public key.
+    Its algorithm follows the key type: RS256 for RSA (PS256 only when ``alg`` says so),
+    ES256 for EC P-256, EdDSA for Ed25519. Construction raises UsageError if the file does
+    not exist or ``alg`` does not fit the key, JwtGuideError if it cannot be read or holds
+    no supported public key.
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, alg: str | None = None) -> None:
         try:
             data = path.read_bytes()
         except FileNotFoundError:
             raise UsageError(f"no public key at {path}: the file does not exist") from None
         except OSError as e:
             raise JwtGuideError(f"cannot read public key {path}: {e.strerror}") from None
-        self.key = PublishedKey.of("", public_key_from_pem(data, str(path)))
+        key = public_key_from_pem(data, str(path))
+        try:
+            self.key = PublishedKey.of("", key, alg)
+        except KeyRejected as e:
+            raise UsageError(f"{path}: {e}") from None
 
     def key_for(self, kid: str | None) -> PublishedKey:
         """The file's key."""

@@ -6,7 +6,9 @@ holding only the guide's two files (from an older version, or made with openssl)
 with the ``kid`` from config:
 
 - ``.keys.json``: the key ring, one record per key: state (``next``, ``current``,
-  ``retired``), ``kid``, creation and retirement times, RFC 7638 thumbprint, public PEM;
+  ``retired``), ``kid``, creation and retirement times, RFC 7638 thumbprint, public PEM,
+  and the algorithm the key is bound to (``alg``; a ring written before keys had one holds
+  RSA keys only, which are RS256);
 - ``.next.private.key``: the encrypted private key of the next key.
 
 A key's ``kid`` is found by the thumbprint of the key itself, never by file position.
@@ -36,12 +38,20 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey, RSAPublicKey
-from jwcrypto.jwk import JWK
-
+from jwt_guide import algorithms
+from jwt_guide.algorithms import (
+    ALGORITHMS,
+    NOT_DECRYPTED,
+    Algorithm,
+    KeyRejected,
+    PrivateKey,
+    PublicKey,
+    algorithm_for_key,
+    load_private_pem,
+    load_public_pem,
+)
 from jwt_guide.config import PRIVATE_KEY_FILE, PUBLIC_KEY_FILE, TOKEN_FILE
 from jwt_guide.errors import JwtGuideError, UsageError
 
@@ -65,7 +75,11 @@ Change = tuple[str, bytes | None]
 
 @dataclass(frozen=True)
 class KeyRecord:
-    """One key of the ring, public parts only."""
+    """One key of the ring, public parts only.
+
+    ``alg``: the algorithm the key is bound to. Records read from the folder always have it;
+    None (a record made without one) means the default of the key's type (RS256 for RSA).
+    """
 
     state: str
     kid: str
@@ -73,6 +87,17 @@ class KeyRecord:
     thumbprint: str
     public_pem: str
     retired: str | None = None
+    alg: str | None = None
+
+    @property
+    def algorithm(self) -> Algorithm:
+        """The algorithm the key is bound to (see ``alg``).
+
+        Raises KeyRejected if ``public_pem`` is not a supported key or ``alg`` does not fit it.
+        """
+        if self.alg is not None and self.alg in ALGORITHMS:
+            return ALGORITHMS[self.alg]
+        return algorithm_for_key(load_public_pem(self.public_pem.encode()), self.alg)
 
 
 @dataclass(frozen=True)
@@ -100,22 +125,23 @@ def parse_time(text: str) -> datetime:
     return datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
 
 
-def thumbprint(key: RSAPublicKey) -> str:
-    """The RFC 7638 SHA-256 thumbprint of ``key`` (computed by jwcrypto)."""
-    return str(JWK.from_pyca(key).thumbprint())
+def thumbprint(key: PublicKey) -> str:
+    """The RFC 7638 SHA-256 thumbprint of ``key`` (the members of its type, see algorithms).
+
+    Raises KeyRejected for a key type the project does not support.
+    """
+    return algorithm_for_key(key).thumbprint(key)
 
 
-def public_pem(key: RSAPublicKey) -> str:
+def public_pem(key: PublicKey) -> str:
     """``key`` as SubjectPublicKeyInfo PEM text."""
-    return key.public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-    ).decode("ascii")
+    return algorithms.public_pem(key).decode("ascii")
 
 
-def load_public_key(path: Path) -> RSAPublicKey:
-    """Load an RSA public key from a PEM file.
+def load_public_key(path: Path) -> PublicKey:
+    """Load a public key (RSA, EC P-256 or Ed25519) from a PEM file.
 
-    Raises UsageError if the file is missing, JwtGuideError if it holds no RSA public key.
+    Raises UsageError if the file is missing, JwtGuideError if it holds no supported public key.
     """
     try:
         data = path.read_bytes()
@@ -126,22 +152,21 @@ def load_public_key(path: Path) -> RSAPublicKey:
     return public_key_from_pem(data, str(path))
 
 
-def public_key_from_pem(data: bytes, where: str) -> RSAPublicKey:
-    """Parse SPKI PEM ``data``; raises JwtGuideError naming ``where`` if it is not an RSA key."""
+def public_key_from_pem(data: bytes, where: str) -> PublicKey:
+    """Parse SPKI PEM ``data``; raises JwtGuideError naming ``where`` if it is not a public key
+    of a supported type and size (RSA 2048 to 16384 bits, EC P-256, Ed25519)."""
     try:
-        key = serialization.load_pem_public_key(data)
-    except ValueError:
-        raise JwtGuideError(f"{where} is not a PEM public key") from None
-    if not isinstance(key, RSAPublicKey):
-        raise JwtGuideError(f"{where} is not an RSA public key")
-    return key
+        return load_public_pem(data)
+    except KeyRejected as e:
+        raise JwtGuideError(f"{where}: {e}") from None
 
 
-def load_private_key(path: Path, passphrase: str) -> RSAPrivateKey:
-    """Load and decrypt an RSA private key.
+def load_private_key(path: Path, passphrase: str) -> PrivateKey:
+    """Load and decrypt a private key (RSA, EC P-256 or Ed25519).
 
-    Raises UsageError if the file is missing, JwtGuideError if the passphrase is wrong or the file
-    is not an encrypted RSA private key. The passphrase never appears in a message.
+    Raises UsageError if the file is missing, JwtGuideError if the passphrase is wrong or the
+    file is not an encrypted private key of a supported type. The passphrase never appears
+    in a message.
     """
     try:
         data = path.read_bytes()
@@ -150,42 +175,43 @@ def load_private_key(path: Path, passphrase: str) -> RSAPrivateKey:
     except OSError as e:
         raise JwtGuideError(f"cannot read private key {path}: {e.strerror}") from None
     try:
-        key = serialization.load_pem_private_key(data, passphrase.encode())
-    except (ValueError, TypeError):
-        raise JwtGuideError(
-            f"cannot decrypt {path}: wrong passphrase (JWT_PASSPHRASE) or not an encrypted key"
-        ) from None
-    if not isinstance(key, RSAPrivateKey):
-        raise JwtGuideError(f"{path} is not an RSA private key")
-    return key
+        return load_private_pem(data, passphrase)
+    except KeyRejected as e:
+        if e.reason == NOT_DECRYPTED:
+            raise JwtGuideError(
+                f"cannot decrypt {path}: wrong passphrase (JWT_PASSPHRASE) or not an encrypted key"
+            ) from None
+        raise JwtGuideError(f"{path}: {e}") from None
 
 
-def load_signing_key(
-    keys_dir: Path, passphrase: str, default_kid: str
-) -> tuple[RSAPrivateKey, str]:
-    """The current private key and its ``kid``, read as one consistent view of the folder.
+class SigningKey(NamedTuple):
+    """The current private key, its ``kid`` and the algorithm it is bound to."""
 
-    The ``kid`` is the one the ring records for this very key (by thumbprint), else
-    ``default_kid`` (the guide's two files alone). Raises as ``load_private_key`` and
-    ``read_keyring`` do.
+    key: PrivateKey
+    kid: str
+    algorithm: Algorithm
+
+
+def load_signing_key(keys_dir: Path, passphrase: str, default_kid: str) -> SigningKey:
+    """The current private key, its ``kid`` and algorithm, read as one consistent view of the
+    folder.
+
+    The ``kid`` and algorithm are those the ring records for this very key (by thumbprint),
+    else ``default_kid`` and the default of the key's type (the guide's two files alone:
+    RS256 for RSA). Raises as ``load_private_key`` and ``read_keyring`` do.
     """
     names = (PRIVATE_KEY_FILE, KEYRING_FILE, PUBLIC_KEY_FILE)
 
-    def read() -> tuple[RSAPrivateKey, Keyring]:
+    def read() -> tuple[PrivateKey, Keyring]:
         key = load_private_key(keys_dir / PRIVATE_KEY_FILE, passphrase)
         return key, _read_keyring(keys_dir, default_kid)
 
     key, ring = _read_consistently([keys_dir / name for name in names], read)
-    return key, ring.kid_for(thumbprint(key.public_key())) or default_kid
-
-
-def encrypted_pem(key: RSAPrivateKey, passphrase: str) -> bytes:
-    """``key`` as PKCS#8 PEM encrypted with PBES2 (PBKDF2 + AES-256-CBC), the guide's format."""
-    return key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.BestAvailableEncryption(passphrase.encode()),
-    )
+    print_ = thumbprint(key.public_key())
+    record = next((r for r in ring.records if r.thumbprint == print_), None)
+    if record is None:
+        return SigningKey(key, default_kid, algorithm_for_key(key))
+    return SigningKey(key, record.kid, record.algorithm)
 
 
 def _record(raw: Any) -> KeyRecord:
@@ -196,7 +222,15 @@ def _record(raw: Any) -> KeyRecord:
         raise ValueError("a key record misses a field")
     for stamp in (raw["created"], raw.get("retired") or raw["created"]):
         parse_time(stamp)  # raises ValueError if the time is not one utc_now wrote
-    return KeyRecord(**{name: raw[name] for name in fields}, retired=raw.get("retired"))
+    alg = raw.get("alg")
+    if alg is not None and not isinstance(alg, str):
+        raise ValueError("a key record's alg is not a string")
+    # A record without alg was written before keys had one: an RSA key, so RS256.
+    # KeyRejected (a ValueError) if the key is not supported or alg does not fit it.
+    algorithm = algorithm_for_key(load_public_pem(raw["public_pem"].encode()), alg)
+    return KeyRecord(
+        **{name: raw[name] for name in fields}, retired=raw.get("retired"), alg=algorithm.name
+    )
 
 
 def read_keyring(keys_dir: Path, default_kid: str) -> Keyring:
@@ -230,6 +264,7 @@ def _read_keyring(keys_dir: Path, default_kid: str) -> Keyring:
         created=recorded.created if recorded else _mtime(public_path),
         thumbprint=print_,
         public_pem=public_pem(key),
+        alg=recorded.alg if recorded else algorithm_for_key(key).name,
     )
     others: list[KeyRecord] = []
     for record in stored:
@@ -329,10 +364,16 @@ def apply_locked(keys_dir: Path, changes: Sequence[Change]) -> None:
             _apply_journaled(keys_dir, changes, interrupted)
 
 
-def recover(keys_dir: Path) -> bool:
+UNDONE = "undone"  # recover() undid a change a killed process left half applied
+CLEANED = "cleaned"  # recover() only removed stray temporary files (no change was half done)
+
+
+def recover(keys_dir: Path) -> str | None:
     """Undo a change that a killed process left half applied; remove stray temporary files.
 
-    The caller holds ``locked(keys_dir)``. Returns whether there was anything to clean.
+    The caller holds ``locked(keys_dir)``. Returns ``UNDONE`` if a change was undone,
+    ``CLEANED`` if only stray files were removed (left by a process killed before its change
+    began or after it was complete), None if there was nothing to do.
     Raises JwtGuideError if the journal is not one ``apply_locked`` wrote, OSError if a file
     cannot be restored (the journal then stays, for the next attempt).
     """
@@ -349,7 +390,9 @@ def recover(keys_dir: Path) -> bool:
             path.unlink(missing_ok=True)
         if strays:
             _fsync_dir(keys_dir)
-    return steps is not None or bool(strays)
+    if steps is not None:
+        return UNDONE
+    return CLEANED if strays else None
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,8 @@ The guide's two files stay the *current* key. ``add_next`` publishes a next key,
 writes one new current key (replacing every key only when forced). Each command runs inside
 ``changing``, which holds the folder's lock and first undoes what a killed command left
 (see jwt_guide.keystore). New keys come from a ``generate`` function: the caller's choice
-of key (gen.py makes the guide's RSA key).
+of key (gen.py makes one for the algorithm of ``--alg``), and each is recorded with the
+algorithm it is bound to (``alg``; by default the one of its type: RS256 for RSA).
 """
 
 from __future__ import annotations
@@ -16,8 +17,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import replace
 from datetime import datetime
 
-from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
-
+from jwt_guide.algorithms import PrivateKey, algorithm_for_key, encrypted_pem
 from jwt_guide.config import PRIVATE_KEY_FILE, PUBLIC_KEY_FILE, Config
 from jwt_guide.errors import JwtGuideError
 from jwt_guide.keystore import (
@@ -27,7 +27,6 @@ from jwt_guide.keystore import (
     KeyRecord,
     Keyring,
     apply_locked,
-    encrypted_pem,
     keyring_document,
     load_private_key,
     locked,
@@ -40,13 +39,13 @@ from jwt_guide.keystore import (
 )
 from jwt_guide.tokens import DEFAULT_MAX_AGE
 
-KeyFactory = Callable[[], RSAPrivateKey]
+KeyFactory = Callable[[], PrivateKey]
 
 
 @contextlib.contextmanager
-def changing(config: Config, create: bool) -> Iterator[bool]:
-    """Hold the keys folder's lock for one command; yield whether an interrupted command's
-    change had to be undone first.
+def changing(config: Config, create: bool) -> Iterator[str | None]:
+    """Hold the keys folder's lock for one command; yield what ``recover`` did first (after
+    an interrupted command), if anything.
 
     ``create``: make the folder if missing (removed again, if still empty, when the command
     fails). Raises OSError if the folder cannot be made or opened, and as ``recover`` does.
@@ -65,14 +64,19 @@ def changing(config: Config, create: bool) -> Iterator[bool]:
 
 
 def _new_key(
-    generate: KeyFactory, kid_option: str | None, config: Config
+    generate: KeyFactory, kid_option: str | None, config: Config, alg: str | None
 ) -> tuple[bytes, KeyRecord]:
-    """Generate a key; return its encrypted PEM and its ring record (state ``current``)."""
+    """Generate a key; return its encrypted PEM and its ring record (state ``current``),
+    bound to ``alg`` (None: the default of its type). Raises KeyRejected if ``alg`` does not
+    fit the key."""
     private_key = generate()
+    algorithm = algorithm_for_key(private_key, alg)
     public_key = private_key.public_key()
     print_ = thumbprint(public_key)
     kid = print_ if kid_option == "thumbprint" else kid_option or config.kid
-    record = KeyRecord("current", kid, utc_now(), print_, public_pem(public_key))
+    record = KeyRecord(
+        "current", kid, utc_now(), print_, public_pem(public_key), alg=algorithm.name
+    )
     return encrypted_pem(private_key, config.passphrase), record
 
 
@@ -89,11 +93,14 @@ def _require_current(config: Config, ring: Keyring) -> KeyRecord:
     return current
 
 
-def create(config: Config, generate: KeyFactory, kid: str | None, force: bool) -> KeyRecord:
-    """Write one new current key, replacing every key only if ``force``.
+def create(
+    config: Config, generate: KeyFactory, kid: str | None, force: bool, alg: str | None = None
+) -> KeyRecord:
+    """Write one new current key bound to ``alg``, replacing every key only if ``force``.
 
-    Call it inside ``changing(config, create=True)``. Raises JwtGuideError if keys exist and
-    ``force`` is false.
+    ``alg`` None: the default of the generated key's type (RS256 for RSA). Call it inside
+    ``changing(config, create=True)``. Raises JwtGuideError if keys exist and ``force`` is
+    false, KeyRejected if ``alg`` does not fit the generated key.
     """
     if _has_keys(config) and not force:
         raise JwtGuideError(
@@ -104,7 +111,7 @@ def create(config: Config, generate: KeyFactory, kid: str | None, force: bool) -
         old = read_keyring(config.keys_dir, config.kid).records
     except JwtGuideError:
         old = ()  # a corrupt ring or public key: --force replaces them whatever they hold
-    private_pem, record = _new_key(generate, kid, config)
+    private_pem, record = _new_key(generate, kid, config, alg)
     final = keyring_document((record,))
     # The ring lists the old keys and the new one until the key files are swapped, so a
     # reader never sees a key file whose key the ring does not list.
@@ -121,10 +128,15 @@ def create(config: Config, generate: KeyFactory, kid: str | None, force: bool) -
     return record
 
 
-def add_next(config: Config, ring: Keyring, generate: KeyFactory, kid: str | None) -> KeyRecord:
-    """Add a next key: published in the JWKS, not yet used to sign.
+def add_next(
+    config: Config, ring: Keyring, generate: KeyFactory, kid: str | None, alg: str | None = None
+) -> KeyRecord:
+    """Add a next key bound to ``alg`` (as for ``create``): published in the JWKS, not yet
+    used to sign. Its algorithm may differ from the current key's: that is how an issuer
+    moves from one algorithm to another (README, "Migrating to another algorithm").
 
-    Raises JwtGuideError if there is no current key, already a next key, or the ``kid`` is taken.
+    Raises JwtGuideError if there is no current key, already a next key, or the ``kid`` is
+    taken; KeyRejected if ``alg`` does not fit the generated key.
     """
     _require_current(config, ring)
     if ring.find("next") is not None:
@@ -132,7 +144,7 @@ def add_next(config: Config, ring: Keyring, generate: KeyFactory, kid: str | Non
     if kid != "thumbprint" and any(r.kid == (kid or config.kid) for r in ring.records):
         taken = kid or config.kid
         raise JwtGuideError(f"kid {taken!r} is already in use: choose another with --kid")
-    private_pem, record = _new_key(generate, kid, config)
+    private_pem, record = _new_key(generate, kid, config, alg)
     if any(r.kid == record.kid for r in ring.records):
         raise JwtGuideError(f"kid {record.kid!r} is already in use: choose another with --kid")
     record = replace(record, state="next")
@@ -156,7 +168,7 @@ def promote(config: Config, ring: Keyring) -> KeyRecord:
         raise JwtGuideError("there is no next key to promote: run gen.py --next first")
     next_pem = next_path.read_bytes()
     key = load_private_key(next_path, config.passphrase)
-    if thumbprint(key.public_key()) != new.thumbprint:
+    if thumbprint(key.public_key()) != new.thumbprint or not new.algorithm.fits(key):
         raise JwtGuideError(
             f"{next_path} is not the key {new.kid!r} of the key ring: run gen.py --list"
         )
@@ -196,9 +208,10 @@ def prune(config: Config, ring: Keyring, force: bool, now: datetime) -> list[Key
 
 
 def list_keys(ring: Keyring) -> list[str]:
-    """One line per key: state, kid, creation time, thumbprint."""
+    """One line per key: state, kid, algorithm, creation time, thumbprint."""
     order = {state: i for i, state in enumerate(("next", "current", "retired"))}
     return [
-        f"{r.state:<8} {r.kid}  created {r.created}  thumbprint {r.thumbprint}"
+        f"{r.state:<8} {r.kid}  alg {r.algorithm.name}  created {r.created}  "
+        f"thumbprint {r.thumbprint}"
         for r in sorted(ring.records, key=lambda r: order[r.state])
     ]

@@ -5,26 +5,31 @@ otherwise raises ``InvalidToken`` naming the first check that failed:
 
 1. size at most 8 KiB, exactly three base64url segments (canonical, unpadded), a JSON-object
    header without duplicate members                                        -> ``malformed``
-2. header ``alg`` is exactly RS256, decided before any key is touched       -> ``algorithm``
+2. header ``alg`` is one of RS256, PS256, ES256, EdDSA (``none`` and HS256 never are),
+   decided before any key is touched                                       -> ``algorithm``
 3. no ``crit`` header parameter                            -> ``unsupported critical header``
 4. (choosing the key, by the key source) ``kid`` is a string naming a published key
                                                                -> ``malformed``, ``unknown kid``
-5. RSASSA-PKCS1-v1_5 SHA-256 signature verifies with the given public key -> ``invalid signature``
-6. the payload is a JSON object                                            -> ``malformed``
-7. ``exp``, ``iat`` and ``iss`` present                              -> ``missing claim <name>``
-8. ``exp``/``iat``/``nbf`` are numbers (not strings, not booleans)         -> ``malformed``
-9. ``iss`` equals the configured issuer exactly                              -> ``issuer``
-10. with an audience configured, ``aud`` is it or an array of strings holding it; without
+5. header ``alg`` is exactly the algorithm the key is bound to (RFC 8725 3.1), before any
+   signature check                                                         -> ``algorithm``
+6. the signature verifies with the key by that algorithm (ES256: JOSE's raw r||s only, r
+   and s in [1, n-1])                                                -> ``invalid signature``
+7. the payload is a JSON object                                            -> ``malformed``
+8. ``exp``, ``iat`` and ``iss`` present                              -> ``missing claim <name>``
+9. ``exp``/``iat``/``nbf`` are numbers (not strings, not booleans)         -> ``malformed``
+10. ``iss`` equals the configured issuer exactly                             -> ``issuer``
+11. with an audience configured, ``aud`` is it or an array of strings holding it; without
     one, there is no ``aud`` (RFC 7519 4.1.3: the token is meant for someone else)
                                                                             -> ``audience``
-11. ``nbf`` and ``iat`` not in the future                                -> ``not yet valid``
-12. ``exp`` in the future                                                    -> ``expired``
-13. at most ``max_age`` seconds old by ``iat`` (the guide's ``maxAge``)      -> ``too old``
+12. ``nbf`` and ``iat`` not in the future                                -> ``not yet valid``
+13. ``exp`` in the future                                                    -> ``expired``
+14. at most ``max_age`` seconds old by ``iat`` (the guide's ``maxAge``)      -> ``too old``
 
 Why not ``jwt.decode``: PyJWT accepts ``exp`` given as a string, ignores ``crit``, does not
 refuse non-canonical base64url or duplicate JSON members, and its pure-Python segment checks
 cost more than the RSA verification itself. Parsing and claim checks are done here; the
-signature is checked by PyJWT's own RS256 algorithm object (which calls ``cryptography``).
+signature is checked by the key's algorithm in jwt_guide.algorithms (PyJWT's algorithm
+objects over ``cryptography``).
 Header parameters ``jku``, ``x5u``, ``jwk`` and ``x5c`` are never read.
 
 Nothing here keeps state: the cache of checked headers is a ``HeaderCache`` that its owner
@@ -43,19 +48,15 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, NamedTuple
 
-from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
-from jwt.algorithms import RSAAlgorithm
-
+from jwt_guide.algorithms import ALGORITHMS, Algorithm, PublicKey, algorithm_for_key
 from jwt_guide.config import MAX_TOKEN_AGE
 from jwt_guide.errors import InvalidToken
 
-ALGORITHM = "RS256"  # the only algorithm accepted; never taken from the token
 MAX_TOKEN_BYTES = 8192
 DEFAULT_MAX_AGE = MAX_TOKEN_AGE  # the guide's maxAge: '1d'
 REQUIRED_CLAIMS = ("exp", "iat", "iss")
 TIME_CLAIMS = ("exp", "iat", "nbf")
 
-_RS256 = RSAAlgorithm(RSAAlgorithm.SHA256)
 _TO_BASE64 = bytes.maketrans(b"-_", b"+/")
 # The last character of a canonical segment leaves its unused low bits zero: 4 bits when
 # len % 4 == 2, 2 bits when len % 4 == 3.
@@ -203,9 +204,11 @@ def json_object(raw: bytes, name: str) -> dict[str, Any]:
 
 def _check_header(header: Mapping[str, Any]) -> None:
     alg = header.get("alg")
-    if alg != ALGORITHM:
+    # type() first: a list or an object as alg is not hashable, so `in` would raise.
+    if type(alg) is not str or alg not in ALGORITHMS:
         raise InvalidToken(
-            "algorithm", f"token has {shown(alg)}, only {ALGORITHM} is accepted"
+            "algorithm", f"token has {shown(alg)}, accepted: {', '.join(ALGORITHMS)} "
+            "(each key is bound to one)",
         )
     if "crit" in header:
         raise InvalidToken("unsupported critical header", "crit is not supported")
@@ -219,7 +222,7 @@ def parse_token(token: str, headers: HeaderCache | None = None) -> ParsedToken:
     ``headers``, if given, remembers each header that passed its checks, so that the next
     token with the same header segment skips decoding and checking it. Raises InvalidToken
     (``malformed``, ``algorithm`` or ``unsupported critical header``) when the token cannot
-    be an RS256 token this project accepts.
+    be a token this project accepts, whatever the key.
     """
     if len(token) > MAX_TOKEN_BYTES:
         raise InvalidToken("malformed", f"token is larger than {MAX_TOKEN_BYTES} bytes")
@@ -303,20 +306,42 @@ def claim_failures(
         yield InvalidToken("too old", age)
 
 
-def signature_is_valid(parsed: ParsedToken, key: RSAPublicKey) -> bool:
-    """Whether the token's RS256 signature verifies with ``key``."""
-    return _RS256.verify(parsed.signing_input, key, parsed.signature)
+def check_algorithm(parsed: ParsedToken, algorithm: Algorithm) -> None:
+    """Raises InvalidToken (``algorithm``) unless the token's ``alg`` is exactly the one its
+    key is bound to: the key decides, never the token (RFC 8725 3.1)."""
+    alg = parsed.header["alg"]  # parse_token checked that it is one of ALGORITHMS
+    if alg != algorithm.name:
+        raise InvalidToken(
+            "algorithm", f"token has {shown(alg)}, its key is bound to {algorithm.name}"
+        )
+
+
+def signature_is_valid(parsed: ParsedToken, key: PublicKey, algorithm: Algorithm) -> bool:
+    """Whether the token's signature verifies with ``key`` by ``algorithm`` (the key's, see
+    ``check_algorithm``). Raises TypeError if the algorithm does not fit the key (a bug)."""
+    return algorithm.verify(key, parsed.signing_input, parsed.signature)
 
 
 def verify_token(
-    token: str | ParsedToken, key: RSAPublicKey, policy: Policy, now: float | None = None
+    token: str | ParsedToken,
+    key: PublicKey,
+    policy: Policy,
+    now: float | None = None,
+    *,
+    algorithm: Algorithm | None = None,
 ) -> dict[str, Any]:
-    """Verify ``token`` with ``key`` and return its claims.
+    """Verify ``token`` with ``key``, bound to ``algorithm``, and return its claims.
 
-    Raises InvalidToken naming the first check that failed (see the module docstring).
+    ``algorithm`` None: the default of the key's type (RS256 for RSA, never PS256; ES256,
+    EdDSA). Raises InvalidToken naming the first check that failed (see the module
+    docstring); KeyRejected for a key of a type not supported, TypeError for an
+    ``algorithm`` that does not fit the key (a bug in the caller).
     """
     parsed = parse_token(token) if isinstance(token, str) else token
-    if not signature_is_valid(parsed, key):
+    if algorithm is None:
+        algorithm = algorithm_for_key(key)
+    check_algorithm(parsed, algorithm)
+    if not signature_is_valid(parsed, key, algorithm):
         raise InvalidToken("invalid signature")
     claims = json_object(parsed.payload, "payload")
     for failure in claim_failures(claims, policy, time.time() if now is None else now):

@@ -5,9 +5,10 @@ JWKS client, a keys folder or one PEM file, see jwt_guide.keys), the cache of ch
 headers, and a cache of verified tokens. Two verifiers share nothing. No HTTP here: the
 Flask extension and the WSGI middleware turn its errors into HTTP answers.
 
-When a signature fails with a cached key, the key source is asked to refresh (a JWKS client
-refetches as for an unknown ``kid``, within the same fetch spacing), and the token is
-verified once more if the key under its ``kid`` changed (``gen.py --force``).
+When a signature fails with a cached key, or the token's ``alg`` is not the one that key is
+bound to, the key source is asked to refresh (a JWKS client refetches as for an unknown
+``kid``, within the same fetch spacing), and the token is verified once more if the key
+under its ``kid`` changed (``gen.py --force``, perhaps with another ``--alg``).
 
 Verified tokens are remembered in a bounded LRU keyed by the token's SHA-256, so a client
 that sends the same token again costs a hash and a dictionary lookup instead of an RSA
@@ -54,7 +55,8 @@ class TokenCache:
     """A bounded LRU of verified tokens, keyed by the SHA-256 of the token.
 
     An entry never outlives the token's ``exp`` or its maximum age, and is only used while
-    the key that verified it is still published with the same ``kid``, ``n`` and ``e``.
+    the key that verified it is still published with the same ``kid``, algorithm and public
+    JWK members (``PublishedKey`` equality).
     Only tokens that passed every check are stored; a failure is never cached.
     """
 
@@ -184,17 +186,19 @@ class Verifier:
         """
         key = self.keys.key_for(parsed.kid)
         try:
-            return key, verify_token(parsed, key.key, self.policy, now)
+            return key, verify_token(parsed, key.key, self.policy, now, algorithm=key.algorithm)
         except InvalidToken as e:
-            if e.reason != "invalid signature":
+            if e.reason not in ("invalid signature", "algorithm"):
                 raise
-            # Maybe the key was replaced under the same kid (gen.py --force) since it was
-            # cached: the key source looks again (a JWKS client only if its spacing allows,
-            # so forged signatures cause no more fetches than unknown kids), and a changed
-            # key gets one more try.
+            # Maybe the key was replaced under the same kid (gen.py --force, perhaps bound to
+            # another algorithm) since it was cached: the key source looks again (a JWKS
+            # client only if its spacing allows, so forged signatures or algorithms cause no
+            # more fetches than unknown kids), and a changed key gets one more try.
             fresh = self.keys.refresh_key(key)
             if fresh is None:
                 raise InvalidToken("unknown kid", "no published key has this kid now") from e
             if fresh == key:
                 raise
-            return fresh, verify_token(parsed, fresh.key, self.policy, now)
+            return fresh, verify_token(
+                parsed, fresh.key, self.policy, now, algorithm=fresh.algorithm
+            )

@@ -69,7 +69,9 @@ def empty_keys_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 @pytest.fixture(scope="session")
 def private_key(session_keys: Path) -> RSAPrivateKey:
     """The session key, decrypted."""
-    return load_private_key(session_keys / ".private.key", DEFAULT_PASSPHRASE)
+    key = load_private_key(session_keys / ".private.key", DEFAULT_PASSPHRASE)
+    assert isinstance(key, RSAPrivateKey)
+    return key
 
 
 @pytest.fixture(scope="session")

@@ -52,6 +52,12 @@ TIMEOUT = 10.0  # for a socket exchange
 SCRIPTS = ("gen.py", "sign.py", "verify.py", "jwks_server.py", "protected_server.py",
            "make_request.py")  # fmt: skip
 BITS = ("--bits", "2048")  # for gen.py where the key size does not matter: keeps tests fast
+ALGS = ("RS256", "PS256", "ES256", "EdDSA")  # the algorithm table's names, in its order
+
+
+def alg_args(alg: str) -> list[str]:
+    """gen.py's options for a new key bound to ``alg`` (RSA keys of 2048 bits: fast)."""
+    return ["--alg", alg, *(BITS if alg in ("RS256", "PS256") else ())]
 TokenFactory = Callable[..., str]  # the make_token fixture: sign_token with the session key
 
 

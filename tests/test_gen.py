@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 import os
 import shutil
 import stat
@@ -15,11 +16,13 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey, RSAPublicKey
+from jwcrypto.jwk import JWK
 
 import gen
 from jwt_guide import keystore
+from jwt_guide.algorithms import ALGORITHMS
 from jwt_guide.config import DEFAULT_PASSPHRASE
-from tests.helpers import assert_clean_error, refusal, usage_error
+from tests.helpers import ALGS, alg_args, assert_clean_error, refusal, usage_error
 
 PRIVATE = ".private.key"
 PUBLIC = ".public.key.pem"
@@ -277,3 +280,121 @@ def test_generation_errors_reach_the_main_thread(
     with pytest.raises(MemoryError):
         gen.main(FAST)
     assert not empty_keys_dir.exists()
+
+
+# --- algorithms (--alg, JWT_ALG) -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("alg", ALGS)
+def test_alg_binds_the_key_and_keeps_the_guides_files(
+    alg: str, empty_keys_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert gen.main(alg_args(alg)) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "Private and Public Keys are generated" and len(lines) == 3
+    private_pem = (empty_keys_dir / PRIVATE).read_bytes()
+    assert private_pem.startswith(b"-----BEGIN " + b"ENCRYPTED PRIVATE KEY-----\n")
+    assert (empty_keys_dir / PUBLIC).read_bytes().startswith(b"-----BEGIN PUBLIC KEY-----\n")
+    der = pem_der(private_pem)
+    assert der.find(PBES2_OID) in range(4, 12) and AES_256_CBC_OID in der
+    assert stat.S_IMODE((empty_keys_dir / PRIVATE).stat().st_mode) == 0o600
+    key = serialization.load_pem_private_key(private_pem, DEFAULT_PASSPHRASE.encode())
+    assert ALGORITHMS[alg].fits(key)
+    [record] = keystore.read_keyring(empty_keys_dir, "unused").records
+    assert (record.alg, record.kid) == (alg, "my-key-id")
+    assert json.loads((empty_keys_dir / ".keys.json").read_text())["keys"][0]["alg"] == alg
+
+
+@pytest.mark.parametrize("alg", ["ES256", "EdDSA", "PS256"])
+def test_jwt_alg_is_the_default(
+    alg: str, empty_keys_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("JWT_ALG", alg)
+    assert gen.main(["--bits", "2048"] if alg == "PS256" else []) == 0
+    assert keystore.read_keyring(empty_keys_dir, "unused").records[0].alg == alg
+
+
+def test_alg_option_wins_over_jwt_alg(
+    empty_keys_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("JWT_ALG", "EdDSA")
+    assert gen.main(["--alg", "ES256"]) == 0
+    assert keystore.read_keyring(empty_keys_dir, "unused").records[0].alg == "ES256"
+
+
+@pytest.mark.parametrize(
+    ("argv", "needles"),
+    [
+        (["--alg", "ES256", "--bits", "2048"], ("--bits", "RSA", "ES256")),
+        (["--alg", "EdDSA", "--bits", "4096"], ("--bits", "RSA", "EdDSA")),
+        (["--alg", "HS256"], ("--alg", "HS256", "EdDSA")),
+        (["--alg", "none"], ("--alg", "none")),
+        (["--alg", "es256"], ("--alg", "es256")),
+        (["--list", "--alg", "ES256"], ("--alg", "generating")),
+        (["--promote", "--bits", "2048"], ("--bits", "generating")),
+        (["--bits", "16385"], ("--bits", "16384")),
+    ],
+    ids=["bits-with-es256", "bits-with-eddsa", "hs256", "none", "lowercase", "list-alg",
+         "promote-bits", "bits-too-large"],
+)  # fmt: skip
+def test_alg_usage_errors(
+    argv: list[str], needles: tuple[str, ...], empty_keys_dir: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    line = usage_error(gen.main, argv, capsys)
+    for needle in needles:
+        assert needle in line
+    assert not empty_keys_dir.exists()
+
+
+def test_bits_with_a_jwt_alg_of_fixed_size_is_a_usage_error(
+    empty_keys_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("JWT_ALG", "ES256")
+    line = refusal(gen.main, ["--bits", "2048"], 2, capsys)
+    assert line.startswith("gen: --bits applies to RSA keys")
+    assert "JWT_ALG=ES256" in line
+    assert not empty_keys_dir.exists()
+
+
+@pytest.mark.parametrize("value", ["HS256", "rs256", "ES256 ", "", "none"])
+def test_unknown_jwt_alg_is_one_line_naming_it(
+    value: str, empty_keys_dir: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    monkeypatch.setenv("JWT_ALG", value)
+    line = refusal(gen.main, FAST, 2, capsys)
+    assert line.startswith("gen: JWT_ALG=")
+    assert "RS256, PS256, ES256, EdDSA" in line
+    assert not empty_keys_dir.exists()
+
+
+@pytest.mark.parametrize("alg", ALGS)
+def test_kid_thumbprint_is_rfc_7638_for_every_key_type(
+    alg: str, empty_keys_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert gen.main([*alg_args(alg), "--kid", "thumbprint"]) == 0
+    [record] = keystore.read_keyring(empty_keys_dir, "unused").records
+    expected = JWK.from_pem((empty_keys_dir / PUBLIC).read_bytes()).thumbprint()
+    assert record.kid == record.thumbprint == expected
+    capsys.readouterr()
+    assert gen.main(["--list"]) == 0
+    [line] = capsys.readouterr().out.splitlines()
+    assert line.split()[:4] == ["current", expected, "alg", alg]
+    assert line.endswith(f"thumbprint {expected}")
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl is not on PATH")
+@pytest.mark.parametrize("alg", ALGS)
+def test_openssl_reads_every_private_key(alg: str, empty_keys_dir: Path) -> None:
+    assert gen.main(alg_args(alg)) == 0
+    openssl = shutil.which("openssl")
+    assert openssl is not None
+    read = subprocess.run(
+        [openssl, "pkey", "-in", str(empty_keys_dir / PRIVATE), "-passin",
+         f"pass:{DEFAULT_PASSPHRASE}", "-noout", "-text_pub"],
+        capture_output=True, text=True, timeout=30, check=False,
+    )  # fmt: skip
+    assert read.returncode == 0, read.stderr
+    expected = {"RS256": "2048 bit", "PS256": "2048 bit", "ES256": "P-256", "EdDSA": "ED25519"}
+    assert expected[alg] in read.stdout

@@ -62,6 +62,21 @@ def test_sends_the_token_as_bearer(
     assert headers["Authorization"] == f"Bearer {TOKEN}"
 
 
+def test_netrc_credentials_never_replace_the_bearer_token(
+    backend: RecordingServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """requests' trust_env would send ~/.netrc's login for the host instead of the token."""
+    netrc = tmp_path / ".netrc"
+    netrc.write_text("machine 127.0.0.1 login user password netrc-secret\n")
+    netrc.chmod(0o600)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.delenv("NETRC", raising=False)
+    backend.serve("ok")
+    assert make_request.main([]) == 0
+    [(_, headers)] = backend.requests
+    assert headers["Authorization"] == f"Bearer {TOKEN}"
+
+
 ERRORS = [
     (401, {"error": "invalid_token", "error_description": "expired: exp passed 5s ago"},
      "HTTP 401: expired: exp passed 5s ago"),
@@ -122,11 +137,11 @@ def test_every_call_has_a_timeout(
 ) -> None:
     calls: list[dict[str, Any]] = []
 
-    def timing_out_get(url: str, **kwargs: Any) -> requests.Response:
+    def timing_out_get(session: requests.Session, url: str, **kwargs: Any) -> requests.Response:
         calls.append({"url": url, **kwargs})
         raise requests.ReadTimeout("read timed out")
 
-    monkeypatch.setattr(requests, "get", timing_out_get)
+    monkeypatch.setattr(requests.Session, "get", timing_out_get)
     assert make_request.main([]) == 1
     assert len(calls) == 1
     timeout = calls[0].get("timeout")

@@ -22,9 +22,10 @@ import gen
 import sign
 import verify
 from jwt_guide import tokens as tokens_module
+from jwt_guide.algorithms import ALGORITHMS, PrivateKey, public_pem
 from jwt_guide.config import DEFAULT_ISSUER, DEFAULT_KID, DEFAULT_PASSPHRASE
 from jwt_guide.keystore import KEYRING_FILE, NEXT_PRIVATE_KEY_FILE, load_private_key
-from tests.helpers import TokenFactory, assert_clean_error, b64, error_line
+from tests.helpers import ALGS, TokenFactory, alg_args, assert_clean_error, b64, error_line
 
 HOUR = 3600
 DAY = 86400
@@ -171,8 +172,8 @@ REFUSALS: list[tuple[str, Build, list[str], dict[str, str], str]] = [
     ("alg-hs256-key-confusion", hs256_with_public_key, [], {}, "algorithm"),
     ("alg-rs512", lambda t: jwt.encode(t.claims(), t.key, algorithm="RS512"), [], {},
      "algorithm"),
-    ("alg-ps256", lambda t: jwt.encode(t.claims(), t.key, algorithm="PS256"), [], {},
-     "algorithm"),
+    ("alg-ps256", lambda t: jwt.encode(t.claims(), t.key, algorithm="PS256",
+                                       headers={"kid": DEFAULT_KID}), [], {}, "algorithm"),
     ("alg-lowercase", lambda t: raw_token(t.header(alg="rs256"), t.claims(), t.key), [], {},
      "algorithm"),
     ("alg-missing", lambda t: raw_token({"typ": "JWT"}, t.claims(), t.key), [], {},
@@ -446,8 +447,8 @@ def test_missing_public_key_option(
     assert str(missing) in error_line(err)
 
 
-@pytest.mark.parametrize("kind", ["garbage", "ec-key", "private-key"])
-def test_public_key_that_is_not_an_rsa_public_key(
+@pytest.mark.parametrize("kind", ["garbage", "ec-p384-key", "private-key"])
+def test_public_key_that_is_not_a_supported_public_key(
     kind: str, tokens: Tokens, keys_dir: Path, tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:  # fmt: skip
@@ -515,7 +516,7 @@ def test_inspect_valid_token(
     for claim in ("iat", "exp", "nbf"):
         assert "UTC" in line_starting(lines, f"{claim}:")
     assert "in " in line_starting(lines, "exp:")  # time left
-    assert "verified" in line_starting(lines, "signature:")
+    assert line_starting(lines, "signature:").startswith("signature: valid")
     assert lines[-1] == "checks: all pass"
 
 
@@ -721,8 +722,8 @@ def test_inspect_shows_contents_before_and_results_after_verification(
     before, after = lines[:split], lines[split + 1 :]
     assert "NOT VERIFIED yet" in before[0]
     assert [line.split(":")[0] for line in before[1:3]] == ["header", "claims"]
-    assert not any("VERIFIED" in line.upper() for line in after if "signature" not in line)
-    assert after == ["signature: verified with the public key", "checks: all pass"]
+    assert not any("VERIFIED" in line.upper() for line in after)  # no "NOT VERIFIED ... verified"
+    assert after == ["signature: valid (checked with the public key, RS256)", "checks: all pass"]
 
 
 def test_inspect_unknown_kid(
@@ -740,3 +741,114 @@ def test_inspect_unknown_kid(
 # --- Ctrl-C --------------------------------------------------------------------------------
 
 
+
+
+# --- algorithms ----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def alg_keys() -> dict[str, PrivateKey]:
+    """One private key per algorithm (RSA-2048: fast)."""
+    return {alg: ALGORITHMS[alg].generate(2048 if alg in ("RS256", "PS256") else None)
+            for alg in ALGS}  # fmt: skip
+
+
+def _pem_file(tmp_path: Path, key: PrivateKey) -> Path:
+    path = tmp_path / "public.pem"
+    path.write_bytes(public_pem(key.public_key()))
+    return path
+
+
+def _signed(alg: str, key: PrivateKey, tokens: Tokens, kid: str = DEFAULT_KID) -> str:
+    return jwt.encode(tokens.claims(), key, algorithm=alg, headers={"kid": kid})
+
+
+@pytest.mark.parametrize(
+    ("key_alg", "option", "token_alg"),
+    [("RS256", [], "RS256"), ("PS256", ["--alg", "PS256"], "PS256"), ("ES256", [], "ES256"),
+     ("EdDSA", [], "EdDSA"), ("ES256", ["--alg", "ES256"], "ES256")],
+    ids=["rsa-rs256", "rsa-ps256-option", "ec-es256", "ed25519-eddsa", "ec-es256-option"],
+)  # fmt: skip
+def test_public_key_option_follows_the_key_type(
+    key_alg: str, option: list[str], token_alg: str, *, alg_keys: dict[str, PrivateKey],
+    tokens: Tokens, keys_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    path = _pem_file(tmp_path, alg_keys[key_alg])
+    token = _signed(token_alg, alg_keys[key_alg], tokens)
+    code, out, err = run(["--token", token, "--public-key", str(path), *option], capsys)
+    assert (code, err) == (0, "")
+    assert decoded(out)["userId"] == "a-b-c-d"
+
+
+@pytest.mark.parametrize(
+    ("key_alg", "option", "token_alg"),
+    [("RS256", [], "PS256"), ("PS256", ["--alg", "PS256"], "RS256"), ("ES256", [], "EdDSA"),
+     ("EdDSA", [], "ES256"), ("RS256", [], "ES256")],
+    ids=["rsa-key-ps256-token", "ps256-key-rs256-token", "ec-key-eddsa-token",
+         "ed25519-key-es256-token", "rsa-key-es256-token"],
+)  # fmt: skip
+def test_public_key_option_refuses_another_algorithm(
+    key_alg: str, option: list[str], token_alg: str, *, alg_keys: dict[str, PrivateKey],
+    tokens: Tokens, keys_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    path = _pem_file(tmp_path, alg_keys[key_alg])
+    # Signed by the key itself where the type allows: only the binding can refuse it.
+    signer = alg_keys[key_alg] if ALGORITHMS[token_alg].fits(alg_keys[key_alg]) else (
+        alg_keys[token_alg])  # fmt: skip
+    token = _signed(token_alg, signer, tokens)
+    code, out, err = run(["--token", token, "--public-key", str(path), *option], capsys)
+    assert (code, out) == (1, "")
+    bound = option[1] if option else key_alg
+    assert error_line(err) == (
+        f"verify: algorithm: token has {token_alg!r}, its key is bound to {bound}"
+    )
+
+
+@pytest.mark.parametrize(("key_alg", "alg"), [("ES256", "RS256"), ("RS256", "EdDSA"),
+                                                ("EdDSA", "ES256")])  # fmt: skip
+def test_alg_option_that_does_not_fit_the_key(
+    key_alg: str, alg: str, *, alg_keys: dict[str, PrivateKey], tokens: Tokens, keys_dir: Path,
+    tmp_path: Path, capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    path = _pem_file(tmp_path, alg_keys[key_alg])
+    token = _signed(key_alg, alg_keys[key_alg], tokens)
+    code, out, err = run(["--token", token, "--public-key", str(path), "--alg", alg], capsys)
+    assert (code, out) == (2, "")
+    line = error_line(err)
+    assert line.startswith(f"verify: {path}: {alg} does not fit a key of type")
+
+
+@pytest.mark.parametrize("argv", [["--alg", "PS256"], ["--alg", "HS256"], ["--alg", "none"]])
+def test_alg_option_usage_errors(
+    argv: list[str], keys_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, err = run(argv, capsys)
+    assert (code, out) == (2, "")
+    assert "--alg" in error_line(err)
+
+
+@pytest.mark.parametrize("alg", ALGS)
+def test_keys_folder_of_every_algorithm(
+    alg: str, empty_keys_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """gen.py --alg, sign.py, verify.py and --inspect: the folder records the key's alg."""
+    assert gen.main(alg_args(alg)) == 0
+    assert sign.main([]) == 0
+    capsys.readouterr()
+    code, out, err = run([], capsys)
+    assert (code, err) == (0, "")
+    assert decoded(out)["userId"] == "a-b-c-d"
+    code, lines = inspected([], capsys)
+    assert code == 0
+    assert f"signature: valid (checked with the public key, {alg})" in lines
+
+
+def test_inspect_names_the_algorithm_mismatch(
+    alg_keys: dict[str, PrivateKey], tokens: Tokens, keys_dir: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    token = jwt.encode(tokens.claims(), tokens.key, algorithm="PS256", headers={"kid": DEFAULT_KID})
+    code, lines = inspected(["--token", token], capsys)
+    assert code == 1
+    assert "signature: not checked, the key is bound to RS256" in lines
+    assert lines[-1].startswith("checks failing: algorithm: token has 'PS256'")

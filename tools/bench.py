@@ -9,7 +9,10 @@ busy or slow one:
   command as ``make serve``, against the guide's Node.js original (Express, express-jwt,
   jwks-rsa, built with npm in a temporary folder) and against a hello-world Flask app under
   the same server (the framework's ceiling);
-- the protected server's memory (RSS) per worker, idle and after the load.
+- the protected server's memory (RSS) per worker, idle and after the load;
+- per algorithm (RS256 and PS256 on the 4096-bit key, ES256, EdDSA), in process: ``Signer.sign``
+  against the same token made by hand with raw ``cryptography``, and ``Verifier.verify`` of
+  fresh tokens against raw ``cryptography`` verification of their signatures; token sizes.
 
 Keys, tokens, apps and logs live in a temporary folder that is removed at the end; nothing is
 written into the repository. Not a test: CI does not run it, and the numbers are noisy when
@@ -22,6 +25,7 @@ import argparse
 import base64
 import contextlib
 import itertools
+import json
 import os
 import re
 import shutil
@@ -39,15 +43,21 @@ from pathlib import Path
 import jwt
 import requests
 from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import padding, rsa
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
+from cryptography.hazmat.primitives.asymmetric.utils import (
+    decode_dss_signature,
+    encode_dss_signature,
+)
 
 from jwt_guide import Signer, Verifier, rotation, tokens
+from jwt_guide.algorithms import ALGORITHMS, PrivateKey, public_pem
 from jwt_guide.config import Config, load_config
 from jwt_guide.errors import JwtGuideError
 from jwt_guide.http.serve import granian_command
 from jwt_guide.keys import PemFileKey, PublishedKey
-from jwt_guide.keystore import load_public_key
+from jwt_guide.keystore import load_private_key, load_public_key
 from jwt_guide.verifier import TokenCache, Verified
 
 ROOT = Path(__file__).resolve().parent.parent  # protected_server.py, the guide's step 4.b
@@ -55,6 +65,7 @@ CONNECTIONS = 16
 DISTINCT_TOKENS = 300
 NODE_PACKAGES = ("express@4", "jsonwebtoken@9", "express-jwt@8", "jwks-rsa@3", "pem-jwk@2")
 ENV_PREFIXES = ("JWT_", "JWKS_", "PROTECTED_", "TOKEN_CACHE")
+RS256 = ALGORITHMS["RS256"]  # the guide's algorithm, of the key the HTTP part uses
 
 HELLO_APP = '''"""A hello-world Flask app: the framework's ceiling under the same server."""
 from flask import Flask
@@ -320,7 +331,7 @@ def in_process(signed: Sequence[str], key: RSAPublicKey, config: Config, rounds:
     now = time.time()
 
     def decode() -> object:
-        return jwt.decode(next(cycle), key, algorithms=[tokens.ALGORITHM], issuer=config.issuer)
+        return jwt.decode(next(cycle), key, algorithms=[RS256.name], issuer=config.issuer)
 
     def claims() -> object:
         payload = tokens.json_object(parsed.payload, "payload")
@@ -331,7 +342,7 @@ def in_process(signed: Sequence[str], key: RSAPublicKey, config: Config, rounds:
         "verify_token": lambda: verifier.verify(next(cycle)),
         "jwt.decode": decode,
         "parse_token": lambda: tokens.parse_token(next(cycle), headers),
-        "signature": lambda: tokens.signature_is_valid(parsed, key),
+        "signature": lambda: tokens.signature_is_valid(parsed, key, RS256),
         "claims": claims,
     }
     results: dict[str, float] = dict.fromkeys(candidates, 0.0)
@@ -339,6 +350,124 @@ def in_process(signed: Sequence[str], key: RSAPublicKey, config: Config, rounds:
         for name, fn in candidates.items():
             results[name] = max(results[name], rate(fn, 0.4))
     return results
+
+
+# ---------------------------------------------------------------- per algorithm, in process
+
+# How each algorithm signs and verifies with raw cryptography: the floor under our Signer and
+# Verifier. PS256's salt is the digest's length, as PyJWT (and RFC 7518 3.5's SHOULD) has it;
+# ES256 converts between cryptography's DER and JOSE's r||s, as every JOSE library must.
+_PKCS1 = padding.PKCS1v15()
+_PSS = padding.PSS(mgf=padding.MGF1(hashes.SHA256()), salt_length=32)
+_SHA256 = hashes.SHA256()
+_ECDSA = ec.ECDSA(hashes.SHA256())
+
+
+def _raw_sign(alg: str, key: PrivateKey) -> Callable[[bytes], bytes]:
+    if isinstance(key, ec.EllipticCurvePrivateKey):
+
+        def es256(data: bytes) -> bytes:
+            r, s = decode_dss_signature(key.sign(data, _ECDSA))
+            return r.to_bytes(32, "big") + s.to_bytes(32, "big")
+
+        return es256
+    if isinstance(key, Ed25519PrivateKey):
+        return key.sign
+    pad = _PKCS1 if alg == "RS256" else _PSS
+    return lambda data: key.sign(data, pad, _SHA256)
+
+
+def _raw_verify(alg: str, key: PrivateKey) -> Callable[[bytes, bytes], None]:
+    """cryptography's verify of a JOSE signature; raises InvalidSignature."""
+    public = key.public_key()
+    if isinstance(public, ec.EllipticCurvePublicKey):
+
+        def es256(signature: bytes, data: bytes) -> None:
+            r, s = int.from_bytes(signature[:32], "big"), int.from_bytes(signature[32:], "big")
+            public.verify(encode_dss_signature(r, s), data, _ECDSA)
+
+        return es256
+    if isinstance(public, RSAPublicKey):
+        pad = _PKCS1 if alg == "RS256" else _PSS
+        return lambda signature, data: public.verify(signature, data, pad, _SHA256)
+    return public.verify  # Ed25519: (signature, data)
+
+
+def _b64(data: bytes) -> bytes:
+    return base64.urlsafe_b64encode(data).rstrip(b"=")
+
+
+def _contenders(
+    alg: str, key: PrivateKey, config: Config, work: Path
+) -> tuple[dict[str, Callable[[], object]], int]:
+    """What algorithm_rates times for ``alg``, and the length of one of our tokens."""
+    payload = {"userId": "a-b-c-d"}
+    signer = Signer(key, config.kid, issuer=config.issuer, expires_in=3600, alg=alg)
+    header = _b64(json.dumps({"alg": alg, "kid": config.kid, "typ": "JWT"},
+                             separators=(",", ":"), sort_keys=True).encode())  # fmt: skip
+    raw_sign = _raw_sign(alg, key)
+
+    def raw_token() -> bytes:  # Signer.sign's work, by hand: claims, JSON, base64, signature
+        now = int(time.time())
+        claims = {**payload, "iat": now, "exp": now + 3600, "iss": config.issuer}
+        signing_input = header + b"." + _b64(json.dumps(claims, separators=(",", ":")).encode())
+        return signing_input + b"." + _b64(raw_sign(signing_input))
+
+    signed = [signer.sign({**payload, "n": n}) for n in range(DISTINCT_TOKENS)]
+    pem = work / f"{alg}.pem"
+    pem.write_bytes(public_pem(key.public_key()))
+    verifier = Verifier(config=config, keys=PemFileKey(pem, alg), token_cache_size=0)
+    cycle = itertools.cycle(signed)
+    raw_verify = _raw_verify(alg, key)
+    raw_cycle = itertools.cycle([
+        (base64.urlsafe_b64decode(t.split(".")[2] + "=="), t.rsplit(".", 1)[0].encode())
+        for t in signed
+    ])  # fmt: skip
+    contenders: dict[str, Callable[[], object]] = {
+        "sign": lambda: signer.sign(payload),
+        "raw sign": raw_token,
+        "verify": lambda: verifier.verify(next(cycle)),
+        "raw verify": lambda: raw_verify(*next(raw_cycle)),
+    }
+    return contenders, len(signer.sign(payload))
+
+
+def algorithm_rates(
+    work: Path, rsa_key: PrivateKey, config: Config, rounds: int
+) -> dict[str, dict[str, float]]:
+    """Per algorithm: signs/s of Signer.sign and of the same token built by hand with raw
+    cryptography; verifies/s of Verifier.verify (fresh tokens, cache off) and of raw
+    cryptography on the same signatures; the token's length (sign.py's default payload)."""
+    keys: dict[str, PrivateKey] = {
+        "RS256": rsa_key, "PS256": rsa_key,
+        "ES256": ALGORITHMS["ES256"].generate(), "EdDSA": ALGORITHMS["EdDSA"].generate(),
+    }  # fmt: skip
+    results: dict[str, dict[str, float]] = {}
+    for alg, key in keys.items():
+        contenders, chars = _contenders(alg, key, config, work)
+        rates = dict.fromkeys(contenders, 0.0)
+        for _ in range(rounds):  # alternate, keep the best of each
+            for name, fn in contenders.items():
+                rates[name] = max(rates[name], rate(fn, 0.4))
+        rates["token chars"] = float(chars)
+        results[alg] = rates
+    return results
+
+
+def algorithm_rows(results: Mapping[str, Mapping[str, float]]) -> list[Row]:
+    """Table rows for the per-algorithm measures: sign (target 0.9x raw), verify (0.8x)."""
+    rows: list[Row] = []
+    for alg, rates in results.items():
+        key = "RSA-4096" if alg in ("RS256", "PS256") else {"ES256": "P-256"}.get(alg, "Ed25519")
+        rows += [
+            Row(f"{alg} ({key}, token {rates['token chars']:.0f} chars): Signer.sign/s",
+                f"{rates['sign']:,.0f}", f"raw cryptography {rates['raw sign']:,.0f}",
+                _ratio(rates["sign"], rates["raw sign"]), 0.9),
+            Row(f"  {alg} Verifier.verify, fresh token (/s)", f"{rates['verify']:,.0f}",
+                f"raw cryptography {rates['raw verify']:,.0f}",
+                _ratio(rates["verify"], rates["raw verify"]), 0.8),
+        ]  # fmt: skip
+    return rows
 
 
 def worker_rss_mib(parent: int) -> list[float]:
@@ -501,10 +630,15 @@ def run(args: argparse.Namespace) -> list[Row]:
         (work / "distinct.lua").write_text(DISTINCT_LUA % (work / "tokens.txt"))
         (work / "hello_app.py").write_text(HELLO_APP)
         key = load_public_key(config.public_key_path)
+        if not isinstance(key, RSAPublicKey):  # cannot happen: made just above
+            raise BenchError(f"{config.public_key_path} is not the RSA key made for the bench")
 
         print("bench: in-process verification", file=sys.stderr)
         rows = verify_rows(in_process(tokens, key, config, args.rounds + 2))
-        entry = cache_entry_bytes(PublishedKey(config.kid, "n", "e", key))
+        entry = cache_entry_bytes(PublishedKey.of(config.kid, key))
+        print("bench: sign and verify per algorithm, in process", file=sys.stderr)
+        private = load_private_key(config.private_key_path, config.passphrase)
+        rows += algorithm_rows(algorithm_rates(work, private, config, args.rounds + 1))
         if shutil.which("wrk") is None:
             print("bench: wrk not found: HTTP part skipped; install it with "
                   "`sudo apt-get install wrk` (Debian/Ubuntu) and run make bench again",

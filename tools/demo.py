@@ -14,9 +14,13 @@ stop it the same way.
 from __future__ import annotations
 
 import signal
+import sys
+
+if __name__ == "__main__":  # Ctrl-C while the imports below load: exit 130, no traceback
+    signal.signal(signal.SIGINT, lambda signum, frame: sys.exit(130))
+
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
@@ -31,6 +35,7 @@ ROOT = Path(__file__).resolve().parent.parent  # the guide's scripts
 READY_SECONDS = 20
 STOP_SECONDS = 5
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
+BLOCKED = {signal.SIGINT, *STOP_SIGNALS}
 
 
 class StepFailed(JwtGuideError):
@@ -46,8 +51,25 @@ class Stopped(Exception):
 
 
 def _start(script: str) -> subprocess.Popen[bytes]:
-    # A session of its own: Ctrl-C in the terminal reaches the demo, which stops the script.
-    return subprocess.Popen([sys.executable, str(ROOT / script)], start_new_session=True)  # noqa: S603
+    """Start ``script`` in a session of its own: Ctrl-C in the terminal reaches the demo,
+    which stops the script. The stop signals wait (blocked) until the caller can stop it:
+    one landing inside Popen, after the fork, would leave a child that nothing stops. The
+    caller unblocks them with ``_deliver_signals``."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, BLOCKED)
+    try:
+        return subprocess.Popen(  # noqa: S603 (our own interpreter and script)
+            [sys.executable, str(ROOT / script)], start_new_session=True,
+            # The child must not inherit the blocked mask (the demo has no other thread, so
+            # preexec_fn is safe here).
+            preexec_fn=_deliver_signals,  # noqa: PLW1509
+        )  # fmt: skip
+    except BaseException:
+        _deliver_signals()
+        raise
+
+
+def _deliver_signals() -> None:
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, BLOCKED)
 
 
 def _stop(process: subprocess.Popen[bytes]) -> None:
@@ -66,6 +88,7 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
 def _running(script: str) -> Iterator[subprocess.Popen[bytes]]:
     process = _start(script)
     try:
+        _deliver_signals()  # a Ctrl-C that came meanwhile is raised here, and stops the script
         yield process
     finally:
         _stop(process)
@@ -81,6 +104,8 @@ def _step(title: str, script: str) -> None:
 
 def _port_is_free(host: str, port: int) -> bool:
     with socket.socket() as s:
+        # As the servers bind: a port whose last connections are in TIME_WAIT is free.
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((host, port))
         except OSError:
@@ -140,6 +165,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         description="Run the whole guide end to end (make demo), honouring the environment "
         "variables of config.py, and stop the servers it started.",
     ).parse_args(argv)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # the import guard's job is done
     previous = {signum: signal.signal(signum, _raise_stopped) for signum in STOP_SIGNALS}
     try:
         run(load_config())

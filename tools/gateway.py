@@ -20,7 +20,6 @@ that dies meanwhile is reported and the rest carries on (that is what the gatewa
 from __future__ import annotations
 
 import argparse
-import contextlib
 import importlib.util
 import os
 import re
@@ -38,7 +37,8 @@ from typing import NoReturn
 
 from jwt_guide.cli import ArgumentParser, run
 from jwt_guide.config import Config, load_config
-from jwt_guide.errors import JwtGuideError
+from jwt_guide.errors import JwtGuideError, UsageError
+from jwt_guide.http.devserver import bind_address, listen
 from jwt_guide.http.serve import (
     READY_SECONDS,
     STOP_SIGNALS,
@@ -112,43 +112,44 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _in_use(host: str, port: int) -> bool:
-    with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=0.5):
-        return True
-    return False
-
-
 def plan(config: Config) -> tuple[Server, list[Server], Server, Server]:
-    """The JWKS server, the verifier instances, the application and nginx, on their ports."""
+    """The JWKS server, the verifier instances, the application and nginx, on their ports.
+
+    Raises UsageError if ``JWT_BIND_HOST``, where nginx listens, is not an address here.
+    """
     jwks = Server("JWKS server", "jwt_guide.http.serve:jwks_app", INTERNAL_HOST, config.jwks_port,
-                  f"JWKS API is on port {config.jwks_port}")  # fmt: skip
+                  "JWKS_PORT", f"JWKS API is on port {config.jwks_port}")  # fmt: skip
     instances = []
     for number in range(1, config.gateway_instances + 1):
-        port = free_port()
+        port = free_port()  # no variable names it: it was free a moment ago
         name = f"verifier {number}"
         instances.append(Server(name, "jwt_guide.http.serve:protected_app", INTERNAL_HOST, port,
-                                f"{name} is on port {port}"))  # fmt: skip
+                                "", f"{name} is on port {port}"))  # fmt: skip
     port = free_port()
-    app = Server("application", "tools.gateway_app:app_in_worker", INTERNAL_HOST, port,
+    app = Server("application", "tools.gateway_app:app_in_worker", INTERNAL_HOST, port, "",
                  f"application is on port {port}")  # fmt: skip
-    gateway = Server("nginx", "", config.bind_host, config.gateway_port,
-                     f"Gateway is on port {config.gateway_port}")  # fmt: skip
+    gateway = Server("nginx", "", bind_address(config.bind_host), config.gateway_port,
+                     "GATEWAY_PORT", f"Gateway is on port {config.gateway_port}")  # fmt: skip
     return jwks, instances, app, gateway
 
 
-def check(config: Config) -> None:
-    """Raises JwtGuideError if granian is missing or the two fixed ports are the same or
-    taken; warns without a key."""
+def check(config: Config, fixed: Sequence[Server]) -> None:
+    """Refuse to start what cannot work, as make serve does.
+
+    Raises JwtGuideError if granian is missing, or a port of ``fixed`` (nginx's, the JWKS
+    server's) is taken or the same as the other; UsageError without a key (exit 2, as
+    jwks_server.py) or for a host that is not an address here.
+    """
     if importlib.util.find_spec("granian") is None:
         raise JwtGuideError("granian is not installed: run make gateway (or pip install granian)")
     if config.gateway_port == config.jwks_port:
         raise JwtGuideError(f"GATEWAY_PORT and JWKS_PORT are both {config.jwks_port}: change one")
-    for port, variable in ((config.gateway_port, "GATEWAY_PORT"), (config.jwks_port, "JWKS_PORT")):
-        if _in_use(INTERNAL_HOST, port):
-            raise JwtGuideError(f"port {port} is in use: stop what runs there or set {variable}")
-    if not config.public_key_path.exists():  # as make serve: the servers pick it up once made
-        print(f"gateway: no public key at {config.public_key_path}: the key set answers 500 "
-              "and every token 503 until you run gen.py", file=sys.stderr)  # fmt: skip
+    if not config.public_key_path.exists():
+        raise UsageError(f"no public key at {config.public_key_path}: run gen.py first")
+    for server in fixed:
+        # Bound and let go at once: one line naming the variable, where nginx or granian
+        # would fail later with their own messages.
+        listen(server.host, server.port, server.port_variable).close()
 
 
 def _address(host: str, port: int) -> str:
@@ -238,9 +239,9 @@ def run_gateway(config: Config) -> int:
 
     Raises JwtGuideError if something cannot start, or nginx exits.
     """
-    check(config)
-    nginx = ensure_nginx()
     jwks, instances, app, gateway = plan(config)
+    check(config, (gateway, jwks))
+    nginx = ensure_nginx()
     parent = ParentWatch()
     running: Running = []
     previous = {s: signal.signal(s, _raise_stop) for s in STOP_SIGNALS}

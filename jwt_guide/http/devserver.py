@@ -41,7 +41,7 @@ if TYPE_CHECKING:
 
 # A connection has this long to send its request (line, headers and body) and this long
 # again for each write of the answer; a silent or stalled one is closed when it runs out.
-REQUEST_TIMEOUT = 30.0
+REQUEST_TIMEOUT = 20.0  # SPEC: within 30 s; with a margin, as under make serve
 MAX_REQUEST_LINE = 65536  # http.server's own limit: a longer request line gets a 414
 # Raw header lines carry ": " and CRLF beyond the names and values the WSGI limit counts:
 # this much more is read before the development server refuses the head itself.
@@ -270,7 +270,23 @@ def connection_limit() -> int:
     return max(1, min(MAX_CONNECTIONS, soft // 2))
 
 
-def _listen(host: str, port: int, port_variable: str) -> socket.socket:
+def bind_address(host: str) -> str:
+    """The numeric address ``host`` (a name or an address) binds, as servers that take only
+    addresses (granian) need it.
+
+    Raises UsageError naming JWT_BIND_HOST if the name does not resolve.
+    """
+    try:
+        family = select_address_family(host, 0)
+        return str(get_sockaddr(host, 0, family)[0])
+    except (OSError, UnicodeError) as e:
+        raise UsageError(
+            f"JWT_BIND_HOST={host!r} is not an address of this machine ({e}): set it to "
+            "127.0.0.1 (the default) or 0.0.0.0 for every address"
+        ) from None
+
+
+def listen(host: str, port: int, port_variable: str) -> socket.socket:
     """A socket listening on host:port; raises JwtGuideError (the port) or UsageError (the host)."""
     family = select_address_family(host, port)
     listener = socket.socket(family, socket.SOCK_STREAM)
@@ -297,7 +313,7 @@ def make_dev_server(app: WSGIApplication, host: str, port: int, port_variable: s
     JWT_BIND_HOST if the host is not an address of this machine.
     """
     # Bound here, not by werkzeug: it prints two lines and exits on a taken port.
-    listener = _listen(host, port, port_variable)
+    listener = listen(host, port, port_variable)
     try:
         return DevServer(host, port, app, listener.fileno(), connection_limit())
     finally:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 DISCOVERY_PATH = "/.well-known/openid-configuration"
@@ -27,16 +27,16 @@ JWKS_PATH = "/.well-known/jwks.json"
 
 # The key set as JSON bytes and its ETag (jwt_guide.http.jwks_app.JwksCache.get).
 KeySetSource = Callable[[], tuple[bytes, str]]
-# The algorithms of the keys in a key set given as JSON bytes (jwks_app.key_set_algorithms).
-Algorithms = Callable[[bytes], list[str]]
+# The algorithms of the published keys (jwks_app.JwksCache.algorithms).
+Algorithms = Callable[[], Sequence[str]]
 
 
-def discovery_document(issuer: str, public_url: str, algorithms: list[str]) -> dict[str, Any]:
+def discovery_document(issuer: str, public_url: str, algorithms: Sequence[str]) -> dict[str, Any]:
     """The discovery document of an issuer whose published keys use ``algorithms``."""
     return {
         "issuer": issuer,
         "jwks_uri": public_url.rstrip("/") + JWKS_PATH,
-        "id_token_signing_alg_values_supported": algorithms,
+        "id_token_signing_alg_values_supported": list(algorithms),
     }
 
 
@@ -54,11 +54,11 @@ class DiscoveryDocument:
 
     def get(self) -> tuple[bytes, str]:
         """The document and its ETag; raises what the key set source raises (no key set)."""
-        key_set, key_set_etag = self.key_set()
+        _, key_set_etag = self.key_set()
         built = self._built
         if built is None or built[0] != key_set_etag:
-            algorithms = self.algorithms(key_set)
-            document = discovery_document(self.issuer, self.public_url, algorithms)
+            # Read after the ETag: a key set changed in between is seen again at the next get.
+            document = discovery_document(self.issuer, self.public_url, self.algorithms())
             body = json.dumps(document).encode()
             # One tuple, replaced whole: threads see the old document or the new one.
             built = (key_set_etag, body, hashlib.sha256(body).hexdigest()[:32])

@@ -1,8 +1,9 @@
 """The JWKS application (the guide's step 4.a): the public keys as a JSON Web Key Set.
 
 ``GET /keys`` (and ``/.well-known/jwks.json``) answers ``{"keys": [...]}`` with the next,
-current and retired public keys, each ``{"kty", "n", "e", "kid", "use": "sig", "alg":
-"RS256"}``, turned from PEM into JWK by jwcrypto (the guide's ``pem-jwk``). The key set is
+current and retired public keys, each with the members of its type (RSA ``n``, ``e``; EC
+``crv`` P-256, ``x``, ``y``; OKP ``crv`` Ed25519, ``x``; as the guide's ``pem-jwk`` does for
+RSA), its ``kid``, ``"use": "sig"`` and the ``alg`` it is bound to. The key set is
 rebuilt only when a key file changes (seen by ``stat``, so a replaced key is picked up without
 a restart and no file is read on the request path), and served with ``Cache-Control``,
 ``ETag`` and 304 answers to ``If-None-Match``. ``GET /.well-known/openid-configuration``
@@ -16,20 +17,20 @@ import json
 import os
 import threading
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from flask import Flask, Response, abort, request
-from jwcrypto.jwk import JWK
 from werkzeug.http import HTTP_STATUS_CODES, parse_etags
 
+from jwt_guide.algorithms import ALGORITHMS, KeyRejected, load_public_pem
 from jwt_guide.config import PUBLIC_KEY_FILE, Config, load_config
 from jwt_guide.errors import JwtGuideError, UsageError
 from jwt_guide.http.discovery import DISCOVERY_PATH, DiscoveryDocument
 from jwt_guide.http.errors import add_json_errors
 from jwt_guide.http.limits import apply_serving_limits
-from jwt_guide.keystore import KEYRING_FILE, file_stamps, public_key_from_pem, read_keyring
-from jwt_guide.tokens import ALGORITHM
+from jwt_guide.keystore import KEYRING_FILE, KeyRecord, file_stamps, read_keyring
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
@@ -39,15 +40,25 @@ WATCHED_FILES = (PUBLIC_KEY_FILE, KEYRING_FILE)
 KEY_SET_PATHS = frozenset({"/keys", "/.well-known/jwks.json"})
 
 
-def public_jwk(pem: str, kid: str) -> dict[str, Any]:
-    """The public JWK of an RSA public key in PEM, with ``kid``, ``use`` and ``alg``.
+def public_jwk(record: KeyRecord) -> dict[str, Any]:
+    """The public JWK of a key of the ring: its type's members, ``kid``, ``use`` and ``alg``.
 
-    Raises JwtGuideError if ``pem`` is not an RSA public key.
+    Raises JwtGuideError if the key is not supported or its ``alg`` does not fit it.
     """
-    public_key_from_pem(pem.encode(), f"key {kid!r}")
-    exported = JWK.from_pem(pem.encode()).export_public(as_dict=True)
-    return {"kty": "RSA", "n": exported["n"], "e": exported["e"], "kid": kid,
-            "use": "sig", "alg": ALGORITHM}  # fmt: skip
+    try:
+        algorithm = record.algorithm
+        members = algorithm.public_jwk(load_public_pem(record.public_pem.encode()))
+    except KeyRejected as e:
+        raise JwtGuideError(f"key {record.kid!r}: {e}") from None
+    return {**members, "kid": record.kid, "use": "sig", "alg": algorithm.name}
+
+
+def published_algorithms(key_set: dict[str, Any]) -> list[str]:
+    """The algorithms of the keys of a key set built by ``build_jwks``, each once, in the
+    order of the algorithm table: the discovery document's
+    ``id_token_signing_alg_values_supported``."""
+    used = {jwk["alg"] for jwk in key_set["keys"]}
+    return [name for name in ALGORITHMS if name in used]
 
 
 def build_jwks(keys_dir: Path, default_kid: str) -> dict[str, Any]:
@@ -58,37 +69,50 @@ def build_jwks(keys_dir: Path, default_kid: str) -> dict[str, Any]:
     ring = read_keyring(keys_dir, default_kid)
     if ring.find("current") is None:
         raise UsageError(f"no public key at {keys_dir / PUBLIC_KEY_FILE}: run gen.py first")
-    return {"keys": [public_jwk(r.public_pem, r.kid) for r in ring.records]}
+    return {"keys": [public_jwk(r) for r in ring.records]}
 
 
-def key_set_algorithms(key_set: bytes) -> list[str]:
-    """The algorithms of the keys in a serialised key set (each JWK's ``alg``), sorted, each
-    once: the discovery document's ``id_token_signing_alg_values_supported``."""
-    keys = json.loads(key_set)["keys"]
-    return sorted({key["alg"] for key in keys if isinstance(key.get("alg"), str)})
+@dataclass(frozen=True)
+class _Built:
+    stamps: object
+    body: bytes
+    etag: str
+    algorithms: tuple[str, ...]
 
 
 class JwksCache:
-    """The serialised key set and its ETag, rebuilt only when a key file changes."""
+    """The serialised key set, its ETag and its algorithms, rebuilt only when a key file
+    changes."""
 
     def __init__(self, keys_dir: Path, default_kid: str) -> None:
         self.keys_dir = keys_dir
         self.default_kid = default_kid
         self._lock = threading.Lock()
-        self._built: tuple[object, bytes, str] | None = None
+        self._built: _Built | None = None
         # Joined once: pathlib's joining costs more than the stat calls themselves.
         self._paths = [os.path.join(keys_dir, name) for name in WATCHED_FILES]
 
-    def get(self) -> tuple[bytes, str]:
-        """The key set as JSON bytes and its ETag; raises JwtGuideError if there is no key."""
+    def _current(self) -> _Built:
         signature = file_stamps(self._paths)
         built = self._built
-        if built is None or built[0] != signature:
+        if built is None or built.stamps != signature:
             with self._lock:
-                body = json.dumps(build_jwks(self.keys_dir, self.default_kid)).encode()
-                built = (signature, body, hashlib.sha256(body).hexdigest()[:32])
+                key_set = build_jwks(self.keys_dir, self.default_kid)
+                body = json.dumps(key_set).encode()
+                algorithms = tuple(published_algorithms(key_set))
+                built = _Built(signature, body, hashlib.sha256(body).hexdigest()[:32], algorithms)
                 self._built = built
-        return built[1], built[2]
+        return built
+
+    def get(self) -> tuple[bytes, str]:
+        """The key set as JSON bytes and its ETag; raises JwtGuideError if there is no key."""
+        built = self._current()
+        return built.body, built.etag
+
+    def algorithms(self) -> tuple[str, ...]:
+        """The algorithms of the published keys, each once, in the order of the algorithm
+        table (for a discovery document). Raises JwtGuideError if there is no key."""
+        return self._current().algorithms
 
 
 Answer = tuple[int, list[tuple[str, str]], bytes]
@@ -162,7 +186,7 @@ def create_app(config: Config | None = None) -> Flask:
         return Response(body, status, headers)
 
     # Discovery: the document, cached and conditional like the key set.
-    document = DiscoveryDocument(cache.get, key_set_algorithms, config.issuer, config.public_url)
+    document = DiscoveryDocument(cache.get, cache.algorithms, config.issuer, config.public_url)
 
     @app.get(DISCOVERY_PATH, provide_automatic_options=False)
     def openid_configuration() -> Response:

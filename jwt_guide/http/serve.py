@@ -45,7 +45,8 @@ from wsgiref.types import WSGIApplication
 
 from jwt_guide.cli import ArgumentParser, run
 from jwt_guide.config import Config, load_config
-from jwt_guide.errors import JwtGuideError
+from jwt_guide.errors import JwtGuideError, UsageError
+from jwt_guide.http.devserver import bind_address, listen
 
 # The repository: protected_server.py, the guide's step 4.b, is imported from there.
 ROOT = Path(__file__).resolve().parents[2]
@@ -86,6 +87,7 @@ class Server:
     target: str
     host: str
     port: int
+    port_variable: str
     banner: str
 
 
@@ -146,11 +148,13 @@ def protected_app() -> WSGIApplication:
 
 def servers(config: Config) -> list[Server]:
     """The two servers of the guide's step 4, with the guide's banners."""
+    host = bind_address(config.bind_host)  # granian takes an address, not a name
     return [
-        Server("JWKS server", "jwt_guide.http.serve:jwks_app", config.bind_host, config.jwks_port,
-               f"JWKS API is on port {config.jwks_port}"),
-        Server("protected server", "jwt_guide.http.serve:protected_app", config.bind_host,
-               config.protected_port, f"Backend is running on port {config.protected_port}"),
+        Server("JWKS server", "jwt_guide.http.serve:jwks_app", host, config.jwks_port,
+               "JWKS_PORT", f"JWKS API is on port {config.jwks_port}"),
+        Server("protected server", "jwt_guide.http.serve:protected_app", host,
+               config.protected_port, "PROTECTED_PORT",
+               f"Backend is running on port {config.protected_port}"),
     ]  # fmt: skip
 
 
@@ -171,15 +175,12 @@ def check(config: Config, planned: Sequence[Server]) -> None:
         raise JwtGuideError("granian is not installed: run make serve (or pip install granian)")
     if config.jwks_port == config.protected_port:
         raise JwtGuideError(f"JWKS_PORT and PROTECTED_PORT are both {config.jwks_port}: change one")
+    if not config.public_key_path.exists():  # as jwks_server.py refuses to start
+        raise UsageError(f"no public key at {config.public_key_path}: run gen.py first")
     for server in planned:
-        if _port_in_use(server.host, server.port):
-            raise JwtGuideError(
-                f"port {server.port} on {server.host} is in use: stop what runs there "
-                f"or set {'JWKS_PORT' if server is planned[0] else 'PROTECTED_PORT'}"
-            )
-    if not config.public_key_path.exists():
-        print(f"serve: no public key at {config.public_key_path}: GET /keys answers 500 "
-              "until you run gen.py", file=sys.stderr)  # fmt: skip
+        # Bound and let go at once: the bind says what is wrong (the host, or a port that
+        # is taken) in one line, where granian would print its tracebacks.
+        listen(server.host, server.port, server.port_variable).close()
 
 
 def _environment() -> dict[str, str]:

@@ -6,6 +6,12 @@ answers 401 ``invalid_token`` (400 ``invalid_request`` where the Authorization h
 is malformed), never 200 and never 500. Tokens that PyJWT would refuse to produce are built by
 hand; most are signed with the real private key over their literal text, so a verifier that
 decoded leniently or trusted the header would accept them.
+
+Both verifiers see the same published keys, one per algorithm: the guide's RS256 key
+(``my-key-id``) and a PS256, an ES256 and an EdDSA key (``ALG_KIDS``), so that every token may
+name any of them: the algorithm-binding attacks (RFC 8725 3.1, CVE-2022-21449) run through
+the same two verifiers as the rest. A third protected server fetches a hostile key set
+(EC keys off the curve or on other curves, Ed448 keys) beside our keys.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ import base64
 import hashlib
 import hmac
 import json
+import shutil
 import string
 import time
 from collections.abc import Callable, Iterator
@@ -27,13 +34,22 @@ import pytest
 import requests
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, padding
+from cryptography.hazmat.primitives.asymmetric import ec, ed448, padding
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
+from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from cryptography.x509.oid import NameOID
 from jwt.algorithms import RSAAlgorithm
 
 import verify
+from jwt_guide.algorithms import (
+    ALGORITHMS,
+    P256_ORDER,
+    PrivateKey,
+    algorithm_for_key,
+    public_pem,
+)
 from jwt_guide.config import DEFAULT_ISSUER, DEFAULT_KID
+from jwt_guide.keystore import KEYRING_FILE, KeyRecord, keyring_document, read_keyring, utc_now
 from jwt_guide.tokens import MAX_TOKEN_BYTES
 from tests.helpers import (
     RecordingServer,
@@ -105,19 +121,34 @@ def fitted(obj: Json, ok: Callable[[str], bool]) -> Json:
     raise AssertionError("no filler fits")
 
 
+def sign_py_claims() -> Json:
+    """The claims sign.py would write now."""
+    now = int(time.time())
+    return {"userId": "a-b-c-d", "iat": now, "exp": now + 3600, "iss": DEFAULT_ISSUER}
+
+
+# The published keys beside the guide's RS256 one, by kid: each bound to one algorithm.
+ALG_KIDS = {"RS256": DEFAULT_KID, "PS256": "ps-key", "ES256": "es-key", "EdDSA": "ed-key"}
+
+
 @dataclass(frozen=True)
 class Kit:
-    """The keys and the attacker's server a token builder may use."""
+    """The keys and the attacker's server a token builder may use.
+
+    ``published``: our private keys by algorithm (``ALG_KIDS`` gives their kids);
+    ``strangers``: the attacker's key of each algorithm's type, published nowhere.
+    """
 
     private: RSAPrivateKey
     other: RSAPrivateKey
     ec: ec.EllipticCurvePrivateKey
     attacker: str  # base URL of the counting server
+    published: dict[str, PrivateKey]
+    strangers: dict[str, PrivateKey]
 
     def claims(self, *, drop: tuple[str, ...] = (), **changes: Any) -> Json:
         """The claims sign.py would write, changed."""
-        now = int(time.time())
-        claims: Json = {"userId": "a-b-c-d", "iat": now, "exp": now + 3600, "iss": DEFAULT_ISSUER}
+        claims = sign_py_claims()
         claims.update(changes)
         for name in drop:
             del claims[name]
@@ -265,6 +296,183 @@ ALGORITHM_ATTACKS = [
     Attack("alg-list", lambda k: k.token(k.header(alg=["RS256"])), "algorithm"),
     Attack("alg-null", lambda k: k.token({"alg": None, "kid": DEFAULT_KID}), "algorithm"),
 ]
+
+
+# --- keys bound to algorithms: every token names one of our four keys -----------------------
+
+
+def jws(alg: str, signing_input: str, key: PrivateKey) -> bytes:
+    """The signature PyJWT's ``alg`` makes over ``signing_input`` (the attacker's tool)."""
+    algorithm = jwt.get_algorithm_by_name(alg)
+    return bytes(algorithm.sign(signing_input.encode(), key))
+
+
+def _as(alg: str, kid_alg: str, key: Callable[[Kit], PrivateKey]) -> Callable[[Kit], str]:
+    """A token with header ``alg`` naming the kid of our ``kid_alg`` key, signed by ``key``."""
+
+    def build(kit: Kit) -> str:
+        header = kit.header(alg=alg, kid=ALG_KIDS[kid_alg])
+        signing_input = f"{encode(header)}.{encode(kit.claims())}"
+        return f"{signing_input}.{b64(jws(alg, signing_input, key(kit)))}"
+
+    return build
+
+
+def _best_forgery(alg: str, kid_alg: str) -> Callable[[Kit], PrivateKey]:
+    # The key itself where the header's algorithm can use it (RS256 and PS256 share RSA keys:
+    # a signature the key really made, so only the binding can refuse it); else the
+    # attacker's own key of the header's type.
+    def key(kit: Kit) -> PrivateKey:
+        ours = kit.published[kid_alg]
+        return ours if ALGORITHMS[alg].fits(ours) else kit.strangers[alg]
+
+    return key
+
+
+CROSS_ALGORITHM_ATTACKS = [
+    Attack(f"{alg}-header-on-{kid_alg}-key", _as(alg, kid_alg, _best_forgery(alg, kid_alg)),
+           "algorithm")
+    for kid_alg in ALG_KIDS
+    for alg in ALG_KIDS
+    if alg != kid_alg
+]  # fmt: skip
+
+
+def _encodings(key: PrivateKey) -> dict[str, bytes]:
+    """Our public key in every encoding an attacker might try as an HMAC secret."""
+    public = key.public_key()
+    members = algorithm_for_key(key).public_jwk(public)
+    forms = {
+        "pem": public_pem(public),
+        "der": public.public_bytes(serialization.Encoding.DER,
+                                   serialization.PublicFormat.SubjectPublicKeyInfo),
+        "jwk-json": json.dumps(members).encode(),
+        "jwk-compact": json.dumps(members, separators=(",", ":"), sort_keys=True).encode(),
+    }  # fmt: skip
+    if "x" in members:  # EC and OKP: the raw coordinate(s), and x as published
+        x = base64.urlsafe_b64decode(members["x"] + "=" * (-len(members["x"]) % 4))
+        forms["raw-x"] = x
+        forms["x-base64url"] = members["x"].encode()
+    if "y" in members:
+        forms["raw-point"] = public.public_bytes(
+            serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint
+        )
+    return forms
+
+
+def _hmac_with(kid_alg: str, form: str) -> Callable[[Kit], str]:
+    def build(kit: Kit) -> str:
+        secret = _encodings(kit.published[kid_alg])[form]
+        header = kit.header(alg="HS256", kid=ALG_KIDS[kid_alg])
+        signing_input = f"{encode(header)}.{encode(kit.claims())}"
+        return f"{signing_input}.{b64(hs(256, signing_input, secret))}"
+
+    return build
+
+
+HMAC_FORMS = {
+    "RS256": ("pem", "der", "jwk-json", "jwk-compact"),
+    "PS256": ("pem", "der", "jwk-json", "jwk-compact"),
+    "ES256": ("pem", "der", "jwk-json", "jwk-compact", "raw-x", "x-base64url", "raw-point"),
+    "EdDSA": ("pem", "der", "jwk-json", "jwk-compact", "raw-x", "x-base64url"),
+}
+HMAC_ATTACKS = [
+    Attack(f"HS256-{kid_alg}-key-{form}", _hmac_with(kid_alg, form), "algorithm")
+    for kid_alg, forms in HMAC_FORMS.items()
+    for form in forms
+]
+
+
+def _es256_signature(change: Callable[[int, int, bytes], bytes]) -> Callable[[Kit], str]:
+    """An ES256 token for our ES256 key whose real signature (r, s, and its DER) is changed."""
+
+    def build(kit: Kit) -> str:
+        header = kit.header(alg="ES256", kid=ALG_KIDS["ES256"])
+        signing_input = f"{encode(header)}.{encode(kit.claims())}"
+        key = kit.published["ES256"]
+        assert isinstance(key, ec.EllipticCurvePrivateKey)
+        der = key.sign(signing_input.encode(), ec.ECDSA(hashes.SHA256()))
+        r, s = decode_dss_signature(der)
+        return f"{signing_input}.{b64(change(r, s, der))}"
+
+    return build
+
+
+def _rs(r: int, s: int) -> bytes:
+    """r||s as JOSE writes them: 32 bytes each (values over 256 bits are cut to their low
+    bytes: such an r or s cannot be written, so the attacker sends the largest that can)."""
+    mask = (1 << 256) - 1
+    return (r & mask).to_bytes(32, "big") + (s & mask).to_bytes(32, "big")
+
+
+def _der_int(value: int) -> bytes:
+    body = value.to_bytes(value.bit_length() // 8 + 1, "big") if value else b"\0"
+    return b"\x02" + bytes([len(body)]) + body
+
+
+def _der(r: int, s: int) -> bytes:
+    body = _der_int(r) + _der_int(s)
+    return b"\x30" + bytes([len(body)]) + body
+
+
+ES256_SIGNATURES: dict[str, Callable[[int, int, bytes], bytes]] = {
+    "der": lambda r, s, der: der,  # the real signature, in DER instead of JOSE's r||s
+    "der-r-s-zero": lambda r, s, der: _der(0, 0),
+    "r-zero": lambda r, s, der: _rs(0, s),
+    "s-zero": lambda r, s, der: _rs(r, 0),
+    "all-zero": lambda r, s, der: bytes(64),  # CVE-2022-21449's psychic signature
+    "r-is-n": lambda r, s, der: _rs(P256_ORDER, s),
+    "s-is-n": lambda r, s, der: _rs(r, P256_ORDER),
+    "r-max": lambda r, s, der: _rs(2**256 - 1, s),
+    "s-max": lambda r, s, der: _rs(r, 2**256 - 1),
+    "r-s-n": lambda r, s, der: _rs(P256_ORDER, P256_ORDER),
+    "short": lambda r, s, der: _rs(r, s)[:63],
+    "long": lambda r, s, der: _rs(r, s) + b"\0",
+    "leading-zero-padded": lambda r, s, der: b"\0" + _rs(r, s)[:-1],
+    "p384-width": lambda r, s, der: r.to_bytes(48, "big") + s.to_bytes(48, "big"),
+}
+ES256_SIGNATURE_ATTACKS = [
+    Attack(f"ES256-signature-{name}", _es256_signature(change), "invalid signature")
+    for name, change in ES256_SIGNATURES.items()
+]
+
+
+def _eddsa_signature(change: Callable[[bytes], bytes]) -> Callable[[Kit], str]:
+    def build(kit: Kit) -> str:
+        header = kit.header(alg="EdDSA", kid=ALG_KIDS["EdDSA"])
+        signing_input = f"{encode(header)}.{encode(kit.claims())}"
+        return f"{signing_input}.{b64(change(jws('EdDSA', signing_input, kit.published['EdDSA'])))}"
+
+    return build
+
+
+SIGNATURE_ATTACKS = [
+    *ES256_SIGNATURE_ATTACKS,
+    Attack("EdDSA-signature-all-zero", _eddsa_signature(lambda sig: bytes(64)),
+           "invalid signature"),
+    Attack("EdDSA-signature-short", _eddsa_signature(lambda sig: sig[:63]), "invalid signature"),
+    Attack("EdDSA-signature-bit-flip", _eddsa_signature(lambda sig: sig[:-1] + bytes(
+        [sig[-1] ^ 1])), "invalid signature"),
+    Attack("EdDSA-signature-s-plus-l", _eddsa_signature(lambda sig: sig[:32] + (
+        int.from_bytes(sig[32:], "little") + 2**252 + 27742317777372353535851937790883648493
+    ).to_bytes(32, "little")), "invalid signature"),  # RFC 8032 5.1.7: S must be below L
+    Attack("PS256-signature-zeros", lambda k: _as("PS256", "PS256", lambda kit: kit.published[
+        "PS256"])(k).rsplit(".", 1)[0] + "." + b64(bytes(256)), "invalid signature"),
+]  # fmt: skip
+
+# The right type of key, but not ours, under our kid: only the signature can refuse it.
+def _stranger(alg: str) -> Callable[[Kit], PrivateKey]:
+    return lambda kit: kit.strangers[alg]
+
+
+SAME_KID_OTHER_KEY_ATTACKS = [
+    Attack(f"{alg}-same-kid-other-key", _as(alg, alg, _stranger(alg)), "invalid signature")
+    for alg in ALG_KIDS
+]
+
+BINDING_ATTACKS = (
+    CROSS_ALGORITHM_ATTACKS + HMAC_ATTACKS + SIGNATURE_ATTACKS + SAME_KID_OTHER_KEY_ATTACKS
+)
 
 # A header parameter pointing at the attacker's key (or holding it), with the right kid, the
 # attacker's kid or none: none is ever used to find a key (SPEC: jku, x5u, jwk, x5c).
@@ -686,6 +894,7 @@ AUD_REQUIRED_ATTACKS = [
 
 ATTACKS = (
     ALGORITHM_ATTACKS
+    + BINDING_ATTACKS
     + KEY_ATTACKS
     + KID_ATTACKS
     + CRIT_ATTACKS
@@ -700,6 +909,77 @@ def _params(attacks: list[Attack]) -> list[Any]:
     ids = [a.id for a in attacks]
     assert len(ids) == len(set(ids)), "attack ids must be unique"
     return [pytest.param(a, id=a.id) for a in attacks]
+
+
+# --- a hostile key set: keys of other curves and points off the curve -----------------------
+
+
+def _ec_jwk(key: ec.EllipticCurvePrivateKey, **extra: Any) -> Json:
+    """The public JWK of any EC key (PyJWT names P-256, P-384 and secp256k1)."""
+    jwk: Json = jwt.algorithms.ECAlgorithm.to_jwk(key.public_key(), as_dict=True)
+    return {**jwk, "use": "sig", **extra}
+
+
+def _off_curve(key: ec.EllipticCurvePrivateKey, **extra: Any) -> Json:
+    jwk = _ec_jwk(key, **extra)
+    y = base64.urlsafe_b64decode(jwk["y"] + "==")
+    return {**jwk, "y": b64(y[:-1] + bytes([y[-1] ^ 1]))}  # x kept, y changed: off the curve
+
+
+def _ec_token(key: ec.EllipticCurvePrivateKey, kid: str) -> str:
+    """An ES256-headed token signed by an EC key of any curve (r||s at the curve's width)."""
+    header = {"alg": "ES256", "typ": "JWT", "kid": kid}
+    signing_input = f"{encode(header)}.{encode(sign_py_claims())}"
+    r, s = decode_dss_signature(key.sign(signing_input.encode(), ec.ECDSA(hashes.SHA256())))
+    width = (key.curve.key_size + 7) // 8
+    return f"{signing_input}.{b64(r.to_bytes(width, 'big') + s.to_bytes(width, 'big'))}"
+
+
+def _ed448_token(key: ed448.Ed448PrivateKey, kid: str) -> str:
+    header = {"alg": "EdDSA", "typ": "JWT", "kid": kid}
+    signing_input = f"{encode(header)}.{encode(sign_py_claims())}"
+    return f"{signing_input}.{b64(key.sign(signing_input.encode()))}"
+
+
+@dataclass(frozen=True)
+class HostileEntry:
+    """An entry of the hostile key set, and a token its private key signs for it."""
+
+    jwk: Json
+    token: str
+
+
+def hostile_entries() -> dict[str, HostileEntry]:
+    """Entries a protected server must skip, each with the token its owner would send."""
+    p256 = ec.generate_private_key(ec.SECP256R1())
+    p384 = ec.generate_private_key(ec.SECP384R1())
+    k1 = ec.generate_private_key(ec.SECP256K1())
+    edwards = ed448.Ed448PrivateKey.generate()
+    ed_x = b64(edwards.public_key().public_bytes(serialization.Encoding.Raw,
+                                                 serialization.PublicFormat.Raw))  # fmt: skip
+    entries: dict[str, HostileEntry] = {}
+    for kid, jwk, token in (
+        ("off-curve", _off_curve(p256, alg="ES256"), _ec_token(p256, "off-curve")),
+        ("off-curve-no-alg", _off_curve(p256), _ec_token(p256, "off-curve-no-alg")),
+        ("p384-as-es256", _ec_jwk(p384, alg="ES256"), _ec_token(p384, "p384-as-es256")),
+        ("p384-no-alg", _ec_jwk(p384), _ec_token(p384, "p384-no-alg")),
+        ("p384-es384", _ec_jwk(p384, alg="ES384"), _ec_token(p384, "p384-es384")),
+        ("secp256k1-as-es256", _ec_jwk(k1, alg="ES256"), _ec_token(k1, "secp256k1-as-es256")),
+        ("secp256k1-no-alg", _ec_jwk(k1), _ec_token(k1, "secp256k1-no-alg")),
+        ("secp256k1-es256k", _ec_jwk(k1, alg="ES256K"), _ec_token(k1, "secp256k1-es256k")),
+        ("ed448", {"kty": "OKP", "crv": "Ed448", "x": ed_x, "alg": "EdDSA", "use": "sig"},
+         _ed448_token(edwards, "ed448")),
+        ("ed448-no-alg", {"kty": "OKP", "crv": "Ed448", "x": ed_x}, _ed448_token(edwards,
+                                                                                 "ed448-no-alg")),
+    ):  # fmt: skip
+        entries[kid] = HostileEntry({**jwk, "kid": kid}, token)
+    return entries
+
+
+HOSTILE_SET_KIDS = [
+    "off-curve", "off-curve-no-alg", "p384-as-es256", "p384-no-alg", "p384-es384",
+    "secp256k1-as-es256", "secp256k1-no-alg", "secp256k1-es256k", "ed448", "ed448-no-alg",
+]  # fmt: skip
 
 
 # --- fixtures ----------------------------------------------------------------------------
@@ -720,25 +1000,93 @@ def attacker(other_private_key: RSAPrivateKey) -> Iterator[RecordingServer]:
 
 
 @pytest.fixture(scope="module")
+def hostile() -> dict[str, HostileEntry]:
+    """The hostile entries, made once for the module (their tokens are valid for an hour)."""
+    entries = hostile_entries()
+    assert list(entries) == HOSTILE_SET_KIDS
+    return entries
+
+
+@pytest.fixture(scope="module")
+def hostile_jwks(
+    published: dict[str, PrivateKey], hostile: dict[str, HostileEntry]
+) -> Iterator[RecordingServer]:
+    """A JWKS server holding the hostile entries, then our four keys (which stay usable)."""
+    ours = [
+        {**algorithm_for_key(key, alg).public_jwk(key.public_key()), "kid": ALG_KIDS[alg],
+         "use": "sig", "alg": alg}
+        for alg, key in published.items()
+    ]  # fmt: skip
+    with RecordingServer() as server:
+        server.serve(key_set(*(entry.jwk for entry in hostile.values()), *ours))
+        yield server
+
+
+@pytest.fixture(scope="module")
+def published(private_key: RSAPrivateKey) -> dict[str, PrivateKey]:
+    """Our private keys by algorithm: the session's RS256 key and three more (RSA-2048)."""
+    return {
+        "RS256": private_key,
+        "PS256": ALGORITHMS["PS256"].generate(2048),
+        "ES256": ALGORITHMS["ES256"].generate(),
+        "EdDSA": ALGORITHMS["EdDSA"].generate(),
+    }
+
+
+@pytest.fixture(scope="module")
+def attack_keys(
+    session_keys: Path, published: dict[str, PrivateKey],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Path:  # fmt: skip
+    """A keys folder publishing our four keys: the session's as current, the others retired
+    (published, each with its kid and alg, as gen.py --next/--promote would leave them)."""
+    folder = tmp_path_factory.mktemp("attack-keys") / "keys"
+    shutil.copytree(session_keys, folder)
+    records = list(read_keyring(folder, DEFAULT_KID).records)
+    now = utc_now()
+    for alg, kid in ALG_KIDS.items():
+        if alg == "RS256":
+            continue
+        public = published[alg].public_key()
+        algorithm = ALGORITHMS[alg]
+        records.append(KeyRecord("retired", kid, now, algorithm.thumbprint(public),
+                                 public_pem(public).decode(), retired=now, alg=alg))  # fmt: skip
+    (folder / KEYRING_FILE).write_bytes(keyring_document(tuple(records)))
+    return folder
+
+
+@pytest.fixture
+def keys_dir(attack_keys: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """verify.py reads the attack folder (read only): the same keys the servers publish."""
+    monkeypatch.setenv("JWT_KEYS_DIR", str(attack_keys))
+    return attack_keys
+
+
+@pytest.fixture(scope="module")
 def kit(
-    private_key: RSAPrivateKey, other_private_key: RSAPrivateKey, attacker: RecordingServer
-) -> Kit:
-    """Keys for building tokens: the real one, the attacker's RSA and EC keys."""
-    return Kit(
-        private_key, other_private_key, ec.generate_private_key(ec.SECP256R1()), attacker.base
-    )
+    private_key: RSAPrivateKey, other_private_key: RSAPrivateKey, attacker: RecordingServer,
+    published: dict[str, PrivateKey],
+) -> Kit:  # fmt: skip
+    """Keys for building tokens: ours, and the attacker's key of every type."""
+    attacker_ec = ec.generate_private_key(ec.SECP256R1())
+    strangers: dict[str, PrivateKey] = {
+        "RS256": other_private_key, "PS256": other_private_key,
+        "ES256": attacker_ec, "EdDSA": ALGORITHMS["EdDSA"].generate(),
+    }  # fmt: skip
+    return Kit(private_key, other_private_key, attacker_ec, attacker.base, published, strangers)
 
 
 @pytest.fixture(scope="module")
 def servers(
-    session_keys: Path, tmp_path_factory: pytest.TempPathFactory
+    attack_keys: Path, hostile_jwks: RecordingServer, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[dict[str, Server]]:
-    """ONE jwks_server.py and TWO protected_server.py for the whole module: ``plain`` with no
-    audience configured, ``audience`` with JWT_AUDIENCE=AUDIENCE."""
+    """ONE jwks_server.py and THREE protected_server.py for the whole module: ``plain`` with
+    no audience configured, ``audience`` with JWT_AUDIENCE=AUDIENCE, ``hostile`` reading the
+    hostile key set."""
     folder = tmp_path_factory.mktemp("attack-servers")
     started: list[Server] = []
     try:
-        jwks = spawn_server("jwks_server.py", "JWKS_PORT", folder, JWT_KEYS_DIR=str(session_keys))
+        jwks = spawn_server("jwks_server.py", "JWKS_PORT", folder, JWT_KEYS_DIR=str(attack_keys))
         started.append(jwks)
         uri = f"{jwks.base}/keys"
         plain = spawn_server("protected_server.py", "PROTECTED_PORT", folder, JWKS_URI=uri)
@@ -747,9 +1095,13 @@ def servers(
             "protected_server.py", "PROTECTED_PORT", folder, JWT_AUDIENCE=AUDIENCE, JWKS_URI=uri
         )
         started.append(with_audience)
+        hostile = spawn_server(
+            "protected_server.py", "PROTECTED_PORT", folder, JWKS_URI=hostile_jwks.uri
+        )
+        started.append(hostile)
         for server in started:
             wait_until_listening(server)
-        yield {"plain": plain, "audience": with_audience}
+        yield {"plain": plain, "audience": with_audience, "hostile": hostile}
     finally:
         for running in started:
             running.stop()
@@ -956,3 +1308,67 @@ def test_claim_with_a_lone_surrogate_is_no_crash(
         assert_refused_by_verify(code, out, err, "malformed")
     response = call(protected, f"Bearer {token}")
     assert response.status_code in (200, 401), response.text
+
+
+# --- keys bound to algorithms -------------------------------------------------------------
+
+
+def _own_token(kit: Kit, alg: str) -> str:
+    """A valid token of our ``alg`` key, as sign.py makes it after gen.py --alg."""
+    return _as(alg, alg, lambda k: k.published[alg])(kit)
+
+
+@pytest.mark.parametrize("alg", list(ALG_KIDS))
+def test_every_published_key_verifies_its_own_algorithm(
+    alg: str, kit: Kit, keys_dir: Path, servers: dict[str, Server],
+    capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    """The cross-algorithm attacks are refused for their algorithm, not for another reason:
+    each key's own tokens pass both verifiers, and the server that reads the hostile set."""
+    token = _own_token(kit, alg)
+    code, _, err = run_verify(token, capsys)
+    assert (code, err) == (0, ""), err
+    for name in ("plain", "hostile"):
+        response = call(servers[name], f"Bearer {token}")
+        assert response.status_code == 200, (name, response.text)
+
+
+@pytest.mark.parametrize("kid", HOSTILE_SET_KIDS)
+def test_hostile_key_set_entries_are_never_used(
+    kid: str, hostile: dict[str, HostileEntry], servers: dict[str, Server]
+) -> None:
+    """EC keys off the curve or on P-384 or secp256k1, Ed448 keys: skipped when the set is
+    read (logged), so their owner's tokens find no key; the set's other keys still work."""
+    response = call(servers["hostile"], f"Bearer {hostile[kid].token}")
+    assert response.status_code == 401, response.text
+    assert response.json()["error_description"].startswith("unknown kid"), response.text
+
+
+def test_hostile_key_set_is_logged_not_fatal(servers: dict[str, Server]) -> None:
+    log = servers["hostile"].output()
+    assert "JWKS: skipped" in log
+    for kid in ("off-curve", "p384-as-es256", "secp256k1-as-es256"):
+        assert f"kid {kid!r}" in log
+    assert "Traceback" not in log
+
+
+@pytest.mark.parametrize(
+    "curve", ["P-384", "secp256k1", "Ed448"], ids=["p384", "secp256k1", "ed448"]
+)
+def test_verify_refuses_a_public_key_of_another_curve(
+    curve: str, tmp_path: Path, keys_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    private: Any = {
+        "P-384": lambda: ec.generate_private_key(ec.SECP384R1()),
+        "secp256k1": lambda: ec.generate_private_key(ec.SECP256K1()),
+        "Ed448": ed448.Ed448PrivateKey.generate,
+    }[curve]()
+    path = tmp_path / "key.pem"
+    path.write_bytes(private.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))  # fmt: skip
+    token = (_ed448_token(private, "k") if curve == "Ed448" else _ec_token(private, "k"))
+    code = verify.main([f"--token={token}", f"--public-key={path}"])
+    out, err = capsys.readouterr()
+    assert_clean_error(out + err)
+    assert (code, out) == (1, "")
+    assert err.startswith(f"verify: {path}: a key of type ") and "is not supported" in err

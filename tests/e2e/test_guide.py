@@ -223,11 +223,17 @@ def test_recovers_within_seconds_of_the_jwks_server_starting(
 
 
 @pytest.mark.e2e
+@pytest.mark.parametrize(
+    ("new_key", "old_refused_for"),
+    [(["--bits", "2048"], "signature"), (["--alg", "ES256"], "algorithm")],
+    ids=["same-algorithm", "rs256-to-es256"],
+)
 def test_gen_force_while_the_servers_run_is_picked_up_without_restart(
-    keys_dir: Path, start_server: ServerFactory
+    new_key: list[str], old_refused_for: str, keys_dir: Path, start_server: ServerFactory
 ) -> None:
-    """gen.py --force makes a new key under the same kid: tokens signed with it are accepted
-    at once (the guide's 5 fetches a minute), and tokens of the old key are refused."""
+    """gen.py --force makes a new key under the same kid (of the same algorithm or another):
+    tokens signed with it are accepted at once (the guide's 5 fetches a minute), and tokens
+    of the old key are refused."""
     env = script_env(JWT_KEYS_DIR=str(keys_dir))
     jwks = start_server("jwks_server.py", "JWKS_PORT", JWT_KEYS_DIR=str(keys_dir))
     protected = start_server("protected_server.py", "PROTECTED_PORT", JWKS_URI=f"{jwks.base}/keys")
@@ -243,11 +249,11 @@ def test_gen_force_while_the_servers_run_is_picked_up_without_restart(
 
     old = sign()
     assert call(old).status_code == 200
-    result = run_script("gen.py", "--force", "--bits", "2048", env=env)
+    result = run_script("gen.py", "--force", *new_key, env=env)
     assert result.returncode == 0, result.stderr
     new = sign()
     assert call(new).status_code == 200
     refused = call(old)
     assert refused.status_code == 401
-    assert "signature" in refused.json()["error_description"]
+    assert old_refused_for in refused.json()["error_description"]
     assert call(new).status_code == 200

@@ -1,8 +1,11 @@
 """Key rotation with the real scripts: a promote killed half way, then the next commands;
-next -> promote -> prune while both servers run and a client calls without pause."""
+next -> promote -> prune while both servers run and a client calls without pause, with a
+next key of the same algorithm or of another (RS256 -> ES256, an issuer's migration)."""
 
 from __future__ import annotations
 
+import base64
+import json
 import signal
 import subprocess
 import sys
@@ -57,9 +60,16 @@ def test_kill_9_during_promote_then_the_real_scripts(keys_dir: Path) -> None:
     assert promoted.returncode == 0 and promoted.stderr == ""
 
 
-def test_rotation_with_servers_running(keys_dir: Path, start_server: ServerFactory) -> None:
+@pytest.mark.parametrize(
+    ("next_key", "alg"), [(list(BITS), "RS256"), (["--alg", "ES256"], "ES256")],
+    ids=["rs256-to-rs256", "rs256-to-es256"],
+)  # fmt: skip
+def test_rotation_with_servers_running(
+    next_key: list[str], alg: str, keys_dir: Path, start_server: ServerFactory
+) -> None:
     """A client calling in a loop sees no error during next -> promote -> prune; the old
-    key's token is accepted until prune and cache expiry, then refused."""
+    key's RS256 token is accepted until prune and cache expiry, then refused; the new key
+    signs by its own algorithm from --promote on."""
     env = script_env(JWT_KEYS_DIR=str(keys_dir))
     fast = {"JWKS_CACHE_SECONDS": "1", "JWKS_REQUESTS_PER_MINUTE": "600"}
     jwks = start_server("jwks_server.py", "JWKS_PORT", JWT_KEYS_DIR=str(keys_dir), **fast)
@@ -92,11 +102,12 @@ def test_rotation_with_servers_running(keys_dir: Path, start_server: ServerFacto
     loop = threading.Thread(target=client)
     loop.start()
     try:
-        for args in (["--next", "--kid", "k2", *BITS], ["--promote"]):
+        for args in (["--next", "--kid", "k2", *next_key], ["--promote"]):
             result = run_script("gen.py", *args, env=env)
             assert result.returncode == 0, result.stderr
             time.sleep(1.5)  # let the client keep calling across a JWKS cache expiry
         token_b = token()
+        assert json.loads(base64.urlsafe_b64decode(token_b.split(".")[0] + "=="))["alg"] == alg
         current["token"] = token_b
         assert call(token_a) == 200 and call(token_b) == 200  # the overlap
         time.sleep(1.5)
@@ -113,4 +124,5 @@ def test_rotation_with_servers_running(keys_dir: Path, start_server: ServerFacto
         stop.set()
         loop.join(15)
     assert failures == []
-    assert [k["kid"] for k in requests.get(f"{jwks.base}/keys", timeout=5).json()["keys"]] == ["k2"]
+    published = requests.get(f"{jwks.base}/keys", timeout=5).json()["keys"]
+    assert [(k["kid"], k["alg"]) for k in published] == [("k2", alg)]

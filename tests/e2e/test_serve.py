@@ -126,14 +126,16 @@ ServeFactory = Callable[..., Serve]
 @pytest.fixture
 def start_serve(keys_dir: Path, tmp_path: Path) -> Iterator[ServeFactory]:
     """Start ``command`` (default: ``python -m jwt_guide.http.serve``) on two free ports, one
-    worker each, wait until it prints its banners; all it started is stopped at teardown."""
+    worker each, with ``overrides`` in its environment, and wait until it prints its
+    banners; all it started is stopped at teardown."""
     started: list[Serve] = []
 
-    def factory(*command: str) -> Serve:
+    def factory(*command: str, **overrides: str) -> Serve:
         jwks_port, protected_port = free_port(), free_port()
         env = script_env(
             JWT_KEYS_DIR=str(keys_dir), JWKS_PORT=str(jwks_port),
             PROTECTED_PORT=str(protected_port), SERVER_WORKERS="1", PYTHONPATH=str(ROOT),
+            **overrides,
         )  # fmt: skip
         log = tmp_path / f"serve-{len(started)}.log"
         with log.open("wb") as out:
@@ -230,7 +232,7 @@ def test_stop_sends_sigterm_to_the_main_process_only(tmp_path: Path) -> None:
         assert time.monotonic() < deadline, "the worker did not start"
         time.sleep(0.01)
     worker = int(marker.read_text())
-    server = serve.Server("test server", "none:none", "127.0.0.1", 9, "")
+    server = serve.Server("test server", "none:none", "127.0.0.1", 9, "TEST_PORT", "")
     serve.stop([(server, process)])
     assert process.returncode == 0
     deadline = time.monotonic() + 10
@@ -377,3 +379,50 @@ def test_serve_bad_setting_is_one_line(keys_dir: Path) -> None:
     assert result.returncode == 2
     assert result.stderr.strip() == "serve: JWKS_PORT='abc' is not a whole number"
     assert_clean_error(result.stdout + result.stderr)
+
+
+@pytest.mark.parametrize(
+    ("bind_host", "expected"),
+    [("192.0.2.1", "JWT_BIND_HOST"), ("::2", "JWT_BIND_HOST"),
+     ("nonexistent.invalid", "JWT_BIND_HOST")],
+    ids=["not-this-machine", "ipv6-not-this-machine", "no-such-name"],
+)  # fmt: skip
+def test_serve_bad_bind_host_is_one_line_naming_it(
+    keys_dir: Path, bind_host: str, expected: str
+) -> None:
+    env = script_env(JWT_KEYS_DIR=str(keys_dir), JWT_BIND_HOST=bind_host,
+                     JWKS_PORT=str(free_port()), PROTECTED_PORT=str(free_port()))  # fmt: skip
+    result = run_script("-m", "jwt_guide.http.serve", env=env)
+    assert result.returncode == 2
+    [line] = result.stderr.splitlines()
+    assert line.startswith("serve: ") and expected in line
+    assert "PORT" not in line
+    assert_clean_error(result.stdout + result.stderr)
+
+
+def test_serve_port_bound_by_another_process_is_one_line_naming_it(keys_dir: Path) -> None:
+    with socket.socket() as holder:  # bound, not listening: a connect test would miss it
+        holder.bind(("127.0.0.1", 0))
+        taken = holder.getsockname()[1]
+        env = script_env(JWT_KEYS_DIR=str(keys_dir), JWKS_PORT=str(free_port()),
+                         PROTECTED_PORT=str(taken))  # fmt: skip
+        result = run_script("-m", "jwt_guide.http.serve", env=env)
+    assert result.returncode == 1
+    [line] = result.stderr.splitlines()
+    assert "PROTECTED_PORT" in line
+    assert_clean_error(result.stdout + result.stderr)
+
+
+def test_serve_without_keys_refuses_to_start(tmp_path: Path) -> None:
+    env = script_env(JWT_KEYS_DIR=str(tmp_path / "none"), JWKS_PORT=str(free_port()),
+                     PROTECTED_PORT=str(free_port()))  # fmt: skip
+    result = run_script("-m", "jwt_guide.http.serve", env=env)
+    assert result.returncode == 2
+    [line] = result.stderr.splitlines()
+    assert line.endswith("run gen.py first")
+    assert str(tmp_path / "none") in line
+
+
+def test_serve_binds_a_host_name(start_serve: ServeFactory) -> None:
+    server = start_serve(JWT_BIND_HOST="localhost")  # granian itself takes only addresses
+    assert requests.get(f"http://127.0.0.1:{server.jwks_port}/keys", timeout=5).status_code == 200

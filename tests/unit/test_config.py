@@ -65,6 +65,7 @@ def test_defaults_are_the_guides() -> None:
     assert config.jwks_cache_seconds == 600
     assert config.token_cache_size >= 0
     assert config.server_workers == (os.cpu_count() or 1)
+    assert config.alg == "RS256"
 
 
 def test_guide_file_names_in_the_keys_folder(tmp_path: Path) -> None:
@@ -94,6 +95,9 @@ def test_guide_file_names_in_the_keys_folder(tmp_path: Path) -> None:
         ("TOKEN_CACHE_SIZE", "50", "token_cache_size", 50),
         ("SERVER_WORKERS", "3", "server_workers", 3),
         ("JWT_AUDIENCE", "https://api.example", "audience", "https://api.example"),
+        ("JWT_ALG", "PS256", "alg", "PS256"),
+        ("JWT_ALG", "ES256", "alg", "ES256"),
+        ("JWT_ALG", "EdDSA", "alg", "EdDSA"),
         ("JWT_PUBLIC_URL", "https://keys.example/", "public_url", "https://keys.example"),
         ("GATEWAY_PORT", "9090", "gateway_port", 9090),
         ("GATEWAY_INSTANCES", "3", "gateway_instances", 3),
@@ -198,6 +202,12 @@ BAD_VALUES = [
     ("JWT_PASSPHRASE", ""),
     ("JWT_AUDIENCE", ""),
     ("JWT_AUDIENCE", "api\nx"),
+    ("JWT_ALG", "HS256"),
+    ("JWT_ALG", "none"),
+    ("JWT_ALG", "es256"),
+    ("JWT_ALG", "ES256 "),
+    ("JWT_ALG", ""),
+    ("JWT_ALG", "x" * 1000),
     ("JWT_PUBLIC_URL", "ftp://keys.example"),
     ("JWT_PUBLIC_URL", "keys.example"),
     ("GATEWAY_PORT", "http"),
@@ -221,8 +231,8 @@ def test_bad_value_is_a_usage_error_naming_the_variable(variable: str, value: st
 @pytest.mark.parametrize("script", list(MAINS), ids=list(MAINS))
 @pytest.mark.parametrize(
     ("variable", "value"),
-    [("JWKS_PORT", "abc"), ("JWT_EXPIRES_IN", "soon")],
-    ids=["port-not-a-number", "lifetime-unparsable"],
+    [("JWKS_PORT", "abc"), ("JWT_EXPIRES_IN", "soon"), ("JWT_ALG", "HS256")],
+    ids=["port-not-a-number", "lifetime-unparsable", "unknown-alg"],
 )
 def test_bad_value_stops_every_script_with_one_line(
     script: str,

@@ -472,19 +472,22 @@ def mixed_document(
     }
 
 
-ACCEPTED = {"good", "no-use-no-alg"}
+# Each bound to one algorithm: the JWK's alg, else the default of its type (never PS256).
+ACCEPTED = {"good": "RS256", "no-use-no-alg": "RS256", "ps256": "PS256", "ec": "ES256"}
 REFUSED = [
-    "private", "private-p", "dup", "enc", "rs512", "ps256", "small", "ec", "hmac",
+    "private", "private-p", "dup", "enc", "rs512", "small", "hmac",
     "verify-not-allowed", "", "no-n", "bad-n", "42",
 ]  # fmt: skip
 
 
-def test_parse_key_set_keeps_only_rs256_public_signing_keys(
+def test_parse_key_set_keeps_only_public_signing_keys_of_the_table(
     mixed_document: dict[str, Any], private_key: RSAPrivateKey
 ) -> None:
     keys = parse_key_set(mixed_document)
-    assert set(keys) == ACCEPTED
-    assert keys["good"].key.public_numbers() == private_key.public_key().public_numbers()
+    assert {kid: key.alg for kid, key in keys.items()} == ACCEPTED
+    good = keys["good"].key
+    assert isinstance(good, rsa.RSAPublicKey)
+    assert good.public_numbers() == private_key.public_key().public_numbers()
 
 
 @pytest.mark.parametrize("document", [None, [], "keys", {"keys": None}, {"keys": {}}, {}], ids=repr)
@@ -597,6 +600,52 @@ def test_retries_back_off_within_the_allowance_and_retry_after_is_the_next_attem
             break  # the run ended before that next fetch
         next_fetch = min(t for t in fetch_times if t > at)
         assert at + retry_after - 1 < next_fetch <= at + retry_after + step + 1e-6
+
+
+@pytest.mark.parametrize("down_seconds", [1, 5, 20, 300])
+def test_a_server_that_could_not_be_reached_is_used_within_2_s_of_coming_back(
+    clock: FakeClock, good_jwk: dict[str, Any], down_seconds: float
+) -> None:
+    """Attempts that could not connect cost the JWKS server nothing: they do not use up the
+    allowance, so a long outage does not leave the client waiting for it afterwards."""
+    attempts: list[float] = []
+    up_at = clock.now + down_seconds
+
+    def fetch(uri: str) -> tuple[Any, float | None]:
+        attempts.append(clock.now)
+        if clock.now < up_at:
+            raise FetchError(f"cannot fetch {uri}: ConnectionError", unreached=True)
+        return {"keys": [good_jwk]}, None
+
+    client = JwksClient("http://127.0.0.1:1/keys", 600, 5, fetch=fetch, clock=clock)
+    step = 0.05
+    retry_afters: set[int] = set()
+    while True:
+        try:
+            if client.get_key("good") is not None:
+                break
+        except KeysUnavailable as e:
+            retry_afters.add(e.retry_after)
+        clock.advance(step)
+    assert retry_afters <= {1, 2}
+    assert clock.now - up_at <= 2 + step
+    gaps = [b - a for a, b in itertools.pairwise(attempts)]
+    assert all(gap <= 2 + step for gap in gaps), gaps
+    if down_seconds >= 20:  # backing off all the same: about one attempt every 2 s
+        assert len(attempts) <= down_seconds / (2 * (1 - RETRY_JITTER)) + 3
+
+
+def test_refused_connections_are_marked_unreached() -> None:
+    with pytest.raises(FetchError) as refused:
+        jwks_client.http_fetch(f"http://127.0.0.1:{free_port()}/keys")
+    assert refused.value.unreached
+
+
+def test_an_error_answer_counts_against_the_allowance(server: RecordingServer) -> None:
+    server.serve(b"", status=500)
+    with pytest.raises(FetchError) as answered:
+        jwks_client.http_fetch(server.uri)
+    assert not answered.value.unreached
 
 
 def test_retry_delays_are_jittered(server: RecordingServer) -> None:
@@ -798,6 +847,7 @@ def test_refresh_key_finds_a_key_replaced_under_the_same_kid(
     server.serve(key_set(jwk_of(other_private_key, "k")))  # gen.py --force
     new = client.refresh_key(old)
     assert new is not None and new != old
+    assert isinstance(new.key, rsa.RSAPublicKey)
     assert new.key.public_numbers() == other_private_key.public_key().public_numbers()
     assert server.count == 2
     assert client.get_key("k") == new
@@ -898,3 +948,43 @@ def test_no_proxy_from_the_environment_is_honoured(
     server.serve(key_set(good_jwk))
     assert make_client(server).get_key("good") is not None
     assert server.paths() == ["/keys"]
+
+
+# --- keys of every algorithm (read by jwt_guide.algorithms.key_from_jwk) -----------------------
+
+
+def _b64(data: bytes) -> str:
+    return base64url_encode(data).decode()
+
+
+def test_ec_and_okp_entries_off_the_table_are_skipped_the_rest_works(
+    private_key: RSAPrivateKey, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Malformed or unsafe entries are warnings; keys for something else only debug lines;
+    the rest of the set is used, each key bound to its algorithm."""
+    p256 = ec.generate_private_key(ec.SECP256R1()).public_key()
+    good_ec = {**ECAlgorithm.to_jwk(p256, as_dict=True), "kid": "ec"}
+    off_curve = {**good_ec, "kid": "off-curve", "y": _b64(bytes(31) + b"\x01")}
+    p384 = {**ECAlgorithm.to_jwk(ec.generate_private_key(ec.SECP384R1()).public_key(),
+                                 as_dict=True), "kid": "p384", "alg": "ES256"}  # fmt: skip
+    p384_no_alg = {**p384, "kid": "p384-no-alg"}
+    del p384_no_alg["alg"]
+    k1 = {**ECAlgorithm.to_jwk(ec.generate_private_key(ec.SECP256K1()).public_key(),
+                               as_dict=True), "kid": "k1"}  # fmt: skip
+    ed448 = {"kty": "OKP", "crv": "Ed448", "x": _b64(bytes(57)), "kid": "ed448", "alg": "EdDSA"}
+    x25519 = {"kty": "OKP", "crv": "X25519", "x": _b64(bytes(32)), "kid": "x25519"}
+    ed_short = {"kty": "OKP", "crv": "Ed25519", "x": _b64(bytes(31)), "kid": "ed-short"}
+    rsa_as_es256 = jwk_of(private_key, "rsa-es256", alg="ES256")
+    document = {"keys": [off_curve, p384, p384_no_alg, k1, ed448, x25519, ed_short,
+                         rsa_as_es256, good_ec, jwk_of(private_key, "good")]}  # fmt: skip
+    with caplog.at_level(logging.DEBUG, logger="jwt_guide.jwks_client"):
+        keys = parse_key_set(document)
+    assert {kid: key.alg for kid, key in keys.items()} == {"ec": "ES256", "good": "RS256"}
+    [warning] = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert "skipped 4 key(s)" in warning
+    for kid in ("off-curve", "p384", "ed-short", "rsa-es256"):
+        assert f"kid {kid!r}" in warning
+    assert "not on the P-256 curve" in warning and "does not fit" in warning
+    debug = " ".join(r.getMessage() for r in caplog.records if r.levelno == logging.DEBUG)
+    for kid in ("p384-no-alg", "k1", "ed448", "x25519"):
+        assert f"kid {kid!r}" in debug

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+import gen
+from jwt_guide.algorithms import ALGORITHMS, KeyRejected, public_pem
 from jwt_guide.config import DEFAULT_KID
 from jwt_guide.errors import InvalidToken, JwtGuideError, UsageError
 from jwt_guide.keys import FolderKeys, PemFileKey, PublishedKey
@@ -56,3 +58,43 @@ def test_pem_file_key(keys_dir: Path, tmp_path: Path) -> None:
     (tmp_path / "bad.pem").write_text("nope")
     with pytest.raises(JwtGuideError, match="not a PEM public key"):
         PemFileKey(tmp_path / "bad.pem")
+
+
+def test_published_keys_are_equal_only_with_the_same_kid_alg_and_members() -> None:
+    """What the verified-token cache compares: kid, alg and the whole public JWK."""
+    rsa_key = ALGORITHMS["RS256"].generate(2048).public_key()
+    ec_key, other_ec = (ALGORITHMS["ES256"].generate().public_key() for _ in range(2))
+    rs256 = PublishedKey.of("k", rsa_key)
+    assert rs256 == PublishedKey.of("k", rsa_key, "RS256")
+    assert (rs256.alg, [name for name, _ in rs256.members]) == ("RS256", ["kty", "n", "e"])
+    assert rs256 != PublishedKey.of("k", rsa_key, "PS256")  # same numbers, other algorithm
+    assert rs256 != PublishedKey.of("k2", rsa_key)
+    es256 = PublishedKey.of("k", ec_key)
+    assert es256.alg == "ES256" and dict(es256.members)["crv"] == "P-256"
+    assert es256 != PublishedKey.of("k", other_ec)  # the same x would not do: y differs
+    assert PublishedKey.of("k", ALGORITHMS["EdDSA"].generate().public_key()).alg == "EdDSA"
+    with pytest.raises(KeyRejected, match="does not fit"):
+        PublishedKey.of("k", ec_key, "RS256")
+
+
+@pytest.mark.parametrize(("alg", "option"), [("ES256", None), ("EdDSA", None),
+                                             ("RS256", None), ("PS256", "PS256")])  # fmt: skip
+def test_pem_file_key_follows_the_key_type(alg: str, option: str | None, tmp_path: Path) -> None:
+    key = ALGORITHMS[alg].generate(2048 if alg[0] in "RP" else None).public_key()
+    path = tmp_path / "key.pem"
+    path.write_bytes(public_pem(key))
+    assert PemFileKey(path, option).key.alg == alg
+    with pytest.raises(UsageError, match=rf"^{path}: .* does not fit a key of type"):
+        PemFileKey(path, "EdDSA" if alg != "EdDSA" else "ES256")
+
+
+def test_folder_keys_bind_each_key_to_its_recorded_alg(
+    keys_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    keys = FolderKeys(keys_dir, DEFAULT_KID)
+    assert keys.key_for(DEFAULT_KID).alg == "RS256"
+    assert gen.main(["--next", "--kid", "ps", "--alg", "PS256", "--bits", "2048"]) == 0
+    assert keys.key_for("ps").alg == "PS256"  # read again after the change, as recorded
+    assert gen.main(["--force", "--alg", "EdDSA"]) == 0  # the same kid, another key and alg
+    assert keys.key_for(DEFAULT_KID).alg == "EdDSA"
+    capsys.readouterr()

@@ -18,11 +18,14 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 
 from jwt_guide import keystore
+from jwt_guide.algorithms import PrivateKey, encrypted_pem
 from jwt_guide.config import DEFAULT_KID, DEFAULT_PASSPHRASE
 from jwt_guide.errors import JwtGuideError, UsageError
 from jwt_guide.keystore import (
+    CLEANED,
     JOURNAL_FILE,
     KEYRING_FILE,
+    UNDONE,
     KeyRecord,
     apply_changes,
     apply_locked,
@@ -196,8 +199,8 @@ def test_recover_removes_stray_copies_and_nothing_else(tmp_path: Path) -> None:
         (tmp_path / name).write_text(name)
     (tmp_path / ".tmp-dir").mkdir()
     with locked(tmp_path):
-        assert recover(tmp_path) is True
-        assert recover(tmp_path) is False
+        assert recover(tmp_path) == CLEANED
+        assert recover(tmp_path) is None
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([*kept, ".tmp-dir"])
 
 
@@ -239,7 +242,7 @@ def test_no_change_while_an_interrupted_one_is_not_undone(plain_folder: Path) ->
         apply_locked(plain_folder, CHANGES)
     apply_changes(plain_folder, {"token.txt": b"t"})  # sign.py still writes its token
     with locked(plain_folder):
-        assert recover(plain_folder) is True
+        assert recover(plain_folder) == UNDONE
         apply_locked(plain_folder, CHANGES)
     assert contents(plain_folder) == {**AFTER, "token.txt": b"t"}
 
@@ -317,11 +320,11 @@ def test_load_signing_key_reads_again_when_a_change_lands_meanwhile(
     real = keystore.load_private_key
     landed: list[bool] = []
 
-    def load_while_force_lands(path: Path, passphrase: str) -> RSAPrivateKey:
+    def load_while_force_lands(path: Path, passphrase: str) -> PrivateKey:
         key = real(path, passphrase)
         if not landed:
             landed.append(True)
-            pem = keystore.encrypted_pem(other_private_key, DEFAULT_PASSPHRASE)
+            pem = encrypted_pem(other_private_key, DEFAULT_PASSPHRASE)
             record = _record(other_private_key, "current", "k-new")
             with locked(two_keys):
                 apply_locked(two_keys, [
@@ -332,13 +335,13 @@ def test_load_signing_key_reads_again_when_a_change_lands_meanwhile(
         return key
 
     monkeypatch.setattr(keystore, "load_private_key", load_while_force_lands)
-    key, kid = load_signing_key(two_keys, DEFAULT_PASSPHRASE, DEFAULT_KID)
+    key, kid, _ = load_signing_key(two_keys, DEFAULT_PASSPHRASE, DEFAULT_KID)
     assert thumbprint(key.public_key()) == thumbprint(other_private_key.public_key())
     assert kid == "k-new"
 
 
 def test_load_signing_key_pairs_by_thumbprint(two_keys: Path, private_key: RSAPrivateKey) -> None:
-    key, kid = load_signing_key(two_keys, DEFAULT_PASSPHRASE, "default")
+    key, kid, _ = load_signing_key(two_keys, DEFAULT_PASSPHRASE, "default")
     assert thumbprint(key.public_key()) == thumbprint(private_key.public_key())
     assert kid == DEFAULT_KID
     (two_keys / KEYRING_FILE).unlink()

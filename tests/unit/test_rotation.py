@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
@@ -22,13 +23,13 @@ import gen
 import sign
 import verify
 from jwt_guide import rotation
+from jwt_guide.algorithms import encrypted_pem
 from jwt_guide.config import DEFAULT_KID, DEFAULT_PASSPHRASE, load_config
 from jwt_guide.errors import UsageError
 from jwt_guide.http.jwks_app import build_jwks
 from jwt_guide.keystore import (
     KEYRING_FILE,
     NEXT_PRIVATE_KEY_FILE,
-    encrypted_pem,
     load_signing_key,
     read_keyring,
     thumbprint,
@@ -37,7 +38,9 @@ from jwt_guide.keystore import (
 from tests.helpers import (
     BITS,
     State,
+    alg_args,
     assert_clean_error,
+    b64,
     every_failure,
     run_failing_at,
     snapshot,
@@ -325,7 +328,7 @@ def key_files(folder: Path) -> dict[str, bytes]:
 def assert_readers_pair_keys_with_their_kids(folder: Path, kid_of: dict[str, str]) -> None:
     """What sign.py and jwks_server.py read from ``folder`` pairs every key with its kid."""
     try:
-        key, kid = load_signing_key(folder, DEFAULT_PASSPHRASE, DEFAULT_KID)
+        key, kid, _ = load_signing_key(folder, DEFAULT_PASSPHRASE, DEFAULT_KID)
     except UsageError:
         pass  # no private key (the first key is not in yet): nothing to sign with
     else:
@@ -366,10 +369,15 @@ def test_killed_at_every_step_next_command_recovers(
             intermediate += 1
         code, _, err = run_gen(capsys, "--list")
         assert code == 0, err
-        assert err in ("", f"gen: a gen.py command was interrupted in {scenario.work}: "
-                       "its change is undone\n")  # fmt: skip
+        undone = (f"gen: a gen.py command was interrupted in {scenario.work}: "
+                  "its change is undone\n")  # fmt: skip
+        cleaned = ("gen: removed the temporary files an interrupted gen.py command left in "
+                   f"{scenario.work}\n")  # fmt: skip
+        assert err in ("", undone, cleaned)
         state = snapshot(scenario.work)
         assert state in (scenario.before, scenario.after), n
+        if err == undone:  # never said of a change that was made after all
+            assert state == scenario.before, n
         seen.add(state == scenario.after)
     assert seen == {False, True}
     assert intermediate > 0 or scenario.argv == ["--prune", "--force"]  # one file: no middle
@@ -469,3 +477,79 @@ def test_rotation_without_a_current_key(
     assert code == 1
     assert err == f"gen: no current key in {keys_dir}: run gen.py first\n"
     assert snapshot(keys_dir) == was
+
+
+# --- rotation across algorithms ---------------------------------------------------------------
+
+
+def _token_header(keys_dir: Path) -> dict[str, str]:
+    header: dict[str, str] = json.loads(_header(keys_dir))
+    return header
+
+
+@pytest.mark.parametrize("alg", ["ES256", "EdDSA", "PS256"])
+def test_next_with_another_algorithm_then_promote(
+    alg: str, keys_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """RS256 current, --next --alg X, --promote: sign.py switches to X with the new kid;
+    tokens of the retired RS256 key still verify, each by its own key's algorithm."""
+    assert sign.main([]) == 0
+    old_token = (keys_dir / "token.txt").read_text()
+    code, out, _ = run_gen(capsys, "--next", "--kid", "k2", *alg_args(alg))
+    assert code == 0 and f"'k2' ({alg})" in out
+    assert [(jwk["kid"], jwk["alg"]) for jwk in build_jwks(keys_dir, DEFAULT_KID)["keys"]] == [
+        ("my-key-id", "RS256"), ("k2", alg)
+    ]  # fmt: skip
+    assert run_gen(capsys, "--promote")[0] == 0
+    code, out, _ = run_gen(capsys, "--list")
+    assert [line.split()[:4] for line in out.splitlines()] == [
+        ["current", "k2", "alg", alg], ["retired", "my-key-id", "alg", "RS256"]
+    ]  # fmt: skip
+    assert sign.main([]) == 0
+    assert _token_header(keys_dir) == {"alg": alg, "kid": "k2", "typ": "JWT"}
+    capsys.readouterr()
+    for token in (old_token, (keys_dir / "token.txt").read_text()):
+        assert verify.main(["--token", token]) == 0, capsys.readouterr().err
+    # The old token's alg on the new key, or the reverse: refused before any signature check.
+    swapped = old_token.replace(old_token.split(".")[0], b64(json.dumps(
+        {"alg": "RS256", "kid": "k2", "typ": "JWT"}).encode()), 1)  # fmt: skip
+    capsys.readouterr()
+    assert verify.main(["--token", swapped]) == 1
+    assert capsys.readouterr().err.startswith("verify: algorithm: token has 'RS256', its key is")
+
+
+def test_a_ring_without_alg_is_rs256(keys_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A key ring written by the version before algorithms: every key is RSA, so RS256."""
+    assert run_gen(capsys, "--next", "--kid", "k2", *BITS)[0] == 0
+    ring_path = keys_dir / KEYRING_FILE
+    document = json.loads(ring_path.read_text())
+    for record in document["keys"]:
+        del record["alg"]
+    ring_path.write_text(json.dumps(document))
+    assert {r.kid: r.alg for r in read_keyring(keys_dir, DEFAULT_KID).records} == {
+        "my-key-id": "RS256", "k2": "RS256"
+    }  # fmt: skip
+    code, out, _ = run_gen(capsys, "--list")
+    assert code == 0 and all(" alg RS256 " in line for line in out.splitlines())
+    assert run_gen(capsys, "--promote")[0] == 0
+    assert sign.main([]) == 0
+    assert _token_header(keys_dir)["alg"] == "RS256"
+    assert json.loads(ring_path.read_text())["keys"][0]["alg"] == "RS256"  # written from now on
+
+
+@pytest.mark.parametrize(
+    ("alg", "why"),
+    [("ES256", "does not fit"), ("HS256", "not one of"), (7, "not a string")],
+    ids=["misfit", "unknown", "not-a-string"],
+)
+def test_a_ring_whose_alg_does_not_fit_is_corrupt(
+    alg: Any, why: str, keys_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ring_path = keys_dir / KEYRING_FILE
+    document = json.loads(ring_path.read_text())
+    document["keys"][0]["alg"] = alg
+    ring_path.write_text(json.dumps(document))
+    code, _, err = run_gen(capsys, "--list")
+    assert code == 1
+    assert f"{ring_path} is corrupt" in err and why in err
+    assert_clean_error(err)

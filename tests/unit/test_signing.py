@@ -7,12 +7,16 @@ import json
 from pathlib import Path
 from typing import Any
 
+import jwt
 import pytest
 
+import gen
 import sign
 from jwt_guide import JwtGuideError, Signer, UsageError, Verifier
+from jwt_guide.algorithms import ALGORITHMS, KeyRejected, PrivateKey
 from jwt_guide.config import DEFAULT_ISSUER, DEFAULT_KID, load_config
-from tests.helpers import assert_clean_error
+from jwt_guide.signing import make_claims
+from tests.helpers import ALGS, alg_args, assert_clean_error
 
 pytestmark = pytest.mark.usefixtures("fast_key_loading")
 
@@ -89,3 +93,59 @@ def test_config_gives_every_default(keys_dir: Path) -> None:
     signer = Signer.from_keys_dir(config=config)
     assert signer.issuer == "https://i.example"
     assert segment(signer.sign({}), 1)["iss"] == "https://i.example"
+
+
+# --- algorithms -----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def alg_keys() -> dict[str, PrivateKey]:
+    """One private key per algorithm (RSA-2048: fast)."""
+    return {alg: ALGORITHMS[alg].generate(2048 if alg in ("RS256", "PS256") else None)
+            for alg in ALGS}  # fmt: skip
+
+
+@pytest.mark.parametrize("alg", ALGS)
+def test_tokens_are_byte_for_byte_pyjwts(alg: str, alg_keys: dict[str, PrivateKey]) -> None:
+    """The hand-assembled token is jwt.encode's: the same header and payload bytes, and the
+    same signature where the algorithm is deterministic (RS256, EdDSA)."""
+    key = alg_keys[alg]
+    signer = Signer(key, "k\u00e9y", issuer="iss", expires_in=60, alg=alg, clock=lambda: NOW)
+    payload = {"userId": "\u00fcser", "nested": {"b": [1, 2.5, None, True]}, "z": "</"}
+    ours = signer.sign(payload, audience="api")
+    claims = make_claims(payload, "iss", 60, NOW, "api")
+    theirs = jwt.encode(claims, key, algorithm=alg, headers={"kid": "k\u00e9y", "typ": "JWT"})
+    assert ours.split(".")[:2] == theirs.split(".")[:2]
+    if alg in ("RS256", "EdDSA"):
+        assert ours == theirs
+    public = key.public_key()
+    assert jwt.decode(ours, public, algorithms=[alg], audience="api", options={
+        "verify_exp": False, "verify_iat": False})["userId"] == "\u00fcser"  # fmt: skip
+
+
+@pytest.mark.parametrize("alg", ALGS)
+def test_from_keys_dir_signs_with_the_current_keys_algorithm(
+    alg: str, empty_keys_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert gen.main(alg_args(alg)) == 0
+    capsys.readouterr()
+    signer = Signer.from_keys_dir()
+    assert signer.alg == alg
+    token = signer.sign({"userId": "a"})
+    assert segment(token, 0) == {"alg": alg, "kid": DEFAULT_KID, "typ": "JWT"}
+    assert Verifier(keys_dir=empty_keys_dir).verify(token)["userId"] == "a"
+    assert sign.main([]) == 0
+    printed = capsys.readouterr().out.strip().removeprefix("Signed token: ")
+    assert segment(printed, 0)["alg"] == alg
+
+
+def test_default_alg_follows_the_key_type_and_never_guesses_ps256(
+    alg_keys: dict[str, PrivateKey],
+) -> None:
+    defaults = {name: Signer(key, "k", issuer="i", expires_in=60).alg
+                for name, key in alg_keys.items()}  # fmt: skip
+    assert defaults == {"RS256": "RS256", "PS256": "RS256", "ES256": "ES256", "EdDSA": "EdDSA"}
+    with pytest.raises(KeyRejected, match="does not fit"):
+        Signer(alg_keys["ES256"], "k", issuer="i", expires_in=60, alg="RS256")
+    with pytest.raises(KeyRejected, match="not one of"):
+        Signer(alg_keys["RS256"], "k", issuer="i", expires_in=60, alg="HS256")

@@ -11,14 +11,24 @@ import time
 from pathlib import Path
 from typing import Any
 
+import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 
 from jwt_guide import InvalidToken, JwtGuideError, KeysUnavailable, UsageError, Verifier
+from jwt_guide.algorithms import ALGORITHMS, PrivateKey, algorithm_for_key
 from jwt_guide.config import DEFAULT_ISSUER, DEFAULT_KID, load_config
 from jwt_guide.jwks_client import FetchError, JwksClient
 from jwt_guide.keys import FolderKeys, PemFileKey
-from tests.helpers import FakeClock, RecordingServer, TokenFactory, free_port, jwk_of, key_set
+from tests.helpers import (
+    ALGS,
+    FakeClock,
+    RecordingServer,
+    TokenFactory,
+    free_port,
+    jwk_of,
+    key_set,
+)
 
 URI = "http://127.0.0.1:9/keys"  # never contacted: the fetch is injected
 
@@ -234,3 +244,91 @@ def test_keys_folder_copied_elsewhere_is_independent(
     with pytest.raises(InvalidToken, match="unknown kid"):
         one.verify(make_token())
     assert two.verify(make_token())["userId"] == "a-b-c-d"
+
+
+# --- keys bound to algorithms ---------------------------------------------------------------
+
+
+def _jwk(key: PrivateKey, kid: str, alg: str | None) -> dict[str, Any]:
+    """The public JWK of ``key`` with ``alg`` (None: without an alg member)."""
+    members = algorithm_for_key(key).public_jwk(key.public_key())
+    jwk: dict[str, Any] = {**members, "kid": kid, "use": "sig"}
+    return jwk if alg is None else {**jwk, "alg": alg}
+
+
+def _token(key: PrivateKey, alg: str, kid: str, **claims: Any) -> str:
+    now = int(time.time())
+    payload = {"iat": now, "exp": now + 60, "iss": DEFAULT_ISSUER, **claims}
+    return jwt.encode(payload, key, algorithm=alg, headers={"kid": kid})
+
+
+@pytest.fixture(scope="module")
+def alg_keys() -> dict[str, PrivateKey]:
+    return {alg: ALGORITHMS[alg].generate(2048 if alg[0] in "RP" else None) for alg in ALGS}
+
+
+@pytest.mark.parametrize("alg", ALGS)
+def test_each_key_verifies_only_its_own_algorithm(
+    alg: str, alg_keys: dict[str, PrivateKey]
+) -> None:
+    fetch = Fetch(*(_jwk(key, name, name) for name, key in alg_keys.items()))
+    verifier = jwks_verifier(fetch)
+    assert verifier.verify(_token(alg_keys[alg], alg, alg, n=1))["n"] == 1
+    for other in ALGS:
+        if other == alg:
+            continue
+        # The token names this key's kid but another algorithm: signed by the key itself
+        # where its type allows (RS256 and PS256), else by the other algorithm's key.
+        signer = alg_keys[alg] if ALGORITHMS[other].fits(alg_keys[alg]) else alg_keys[other]
+        with pytest.raises(InvalidToken) as refused:
+            verifier.verify(_token(signer, other, alg))
+        assert refused.value.reason == "algorithm"
+        assert f"its key is bound to {alg}" in refused.value.detail
+
+
+def test_fetched_keys_without_alg_get_their_types_default_never_ps256(
+    alg_keys: dict[str, PrivateKey],
+) -> None:
+    fetch = Fetch(*(_jwk(key, name, None) for name, key in alg_keys.items() if name != "RS256"))
+    verifier = jwks_verifier(fetch)
+    # The RSA key without alg is RS256, even though its owner made it for PS256.
+    with pytest.raises(InvalidToken, match=r"^algorithm: .* bound to RS256"):
+        verifier.verify(_token(alg_keys["PS256"], "PS256", "PS256"))
+    assert verifier.verify(_token(alg_keys["PS256"], "RS256", "PS256", n=2))["n"] == 2
+    assert verifier.verify(_token(alg_keys["ES256"], "ES256", "ES256", n=3))["n"] == 3
+    assert verifier.verify(_token(alg_keys["EdDSA"], "EdDSA", "EdDSA", n=4))["n"] == 4
+
+
+def test_a_key_replaced_by_another_algorithm_under_the_same_kid(
+    alg_keys: dict[str, PrivateKey],
+) -> None:
+    """gen.py --force --alg ES256 while a verifier runs: the first ES256 token refetches (as a
+    failed signature does) and is accepted; cached RS256 tokens are verified again, refused."""
+    fetch = Fetch(_jwk(alg_keys["RS256"], "k", "RS256"))
+    verifier = jwks_verifier(fetch)
+    old = _token(alg_keys["RS256"], "RS256", "k")
+    verifier.verify(old)
+    assert len(verifier.cache) == 1
+    fetch.jwks = [_jwk(alg_keys["ES256"], "k", "ES256")]
+    assert verifier.verify(_token(alg_keys["ES256"], "ES256", "k", n=5))["n"] == 5
+    assert fetch.calls == 2
+    with pytest.raises(InvalidToken, match=r"^algorithm: token has 'RS256', its key is bound to"):
+        verifier.verify(old)  # from the cache no more: its key is not published now
+
+
+def test_the_token_cache_compares_the_whole_public_jwk(alg_keys: dict[str, PrivateKey]) -> None:
+    """A cached token is used only while the same kid, alg and public JWK are published."""
+    key = alg_keys["ES256"]
+    fetch = Fetch(_jwk(key, "k", "ES256"))
+    verifier = jwks_verifier(fetch)
+    token = _token(key, "ES256", "k")
+    verifier.verify(token)
+    assert isinstance(verifier.keys, JwksClient)
+    cached = verifier.keys.get_key("k")
+    assert cached is not None
+    assert verifier._still_published(cached)
+    fetch.jwks = [_jwk(alg_keys["EdDSA"], "k", "EdDSA")]
+    verifier.keys.get_key("nothing")  # an unknown kid refetches: k is now an Ed25519 key
+    assert not verifier._still_published(cached)
+    with pytest.raises(InvalidToken, match=r"^algorithm"):
+        verifier.verify(token)

@@ -6,6 +6,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
+import gen
 from jwt_guide.config import load_config
 from jwt_guide.http import jwks_app
 from jwt_guide.http.discovery import DiscoveryDocument
@@ -53,27 +56,35 @@ def test_without_a_key_it_is_a_json_500(keys_dir: Path) -> None:
     assert response.get_json()["error"]
 
 
-def test_algorithms_are_those_of_the_published_keys() -> None:
-    keys = [{"kid": "a", "alg": "RS256"}, {"kid": "b", "alg": "ES256"},
-            {"kid": "c", "alg": "RS256"}, {"kid": "d"}, {"kid": "e", "alg": 7}]  # fmt: skip
-    key_set = {"keys": keys}
-    assert jwks_app.key_set_algorithms(json.dumps(key_set).encode()) == ["ES256", "RS256"]
+def test_algorithms_are_those_of_the_published_keys(
+    keys_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    client = jwks_app.create_app(load_config({"JWT_KEYS_DIR": str(keys_dir)})).test_client()
+    first = client.get(PATH)
+    assert first.get_json()["id_token_signing_alg_values_supported"] == ["RS256"]
+    assert gen.main(["--next", "--kid", "k2", "--alg", "ES256"]) == 0
+    capsys.readouterr()
+    changed = client.get(PATH, headers={"If-None-Match": first.headers["ETag"]})
+    assert changed.status_code == 200  # picked up without a restart
+    assert changed.get_json()["id_token_signing_alg_values_supported"] == ["RS256", "ES256"]
 
 
 def test_the_document_is_rebuilt_only_when_the_key_set_changes() -> None:
-    served: list[tuple[bytes, str]] = [(b'{"keys": [{"alg": "RS256"}]}', "etag-1")]
-    reads: list[bytes] = []
+    served: list[tuple[str, ...]] = [("RS256",)]
+    reads: list[int] = []
 
-    def algorithms(key_set: bytes) -> list[str]:
-        reads.append(key_set)
-        return jwks_app.key_set_algorithms(key_set)
+    def algorithms() -> tuple[str, ...]:
+        reads.append(1)
+        return served[-1]
 
-    document = DiscoveryDocument(lambda: served[-1], algorithms, ISSUER, ISSUER)
+    document = DiscoveryDocument(
+        lambda: (b"{}", f"etag-{len(served)}"), algorithms, ISSUER, ISSUER
+    )
     first, etag = document.get()
     assert document.get() == (first, etag)
     assert len(reads) == 1
-    served.append((b'{"keys": [{"alg": "RS256"}, {"alg": "EdDSA"}]}', "etag-2"))
+    served.append(("RS256", "EdDSA"))
     body, changed = document.get()
-    assert json.loads(body)["id_token_signing_alg_values_supported"] == ["EdDSA", "RS256"]
+    assert json.loads(body)["id_token_signing_alg_values_supported"] == ["RS256", "EdDSA"]
     assert changed != etag
     assert len(reads) == 2

@@ -12,10 +12,12 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 from flask.testing import FlaskClient
 
+import gen
+from jwt_guide.algorithms import key_from_jwk
 from jwt_guide.config import DEFAULT_KID, Config, load_config
 from jwt_guide.http import jwks_app
-from jwt_guide.keystore import public_pem
-from tests.helpers import assert_clean_error
+from jwt_guide.keystore import public_pem, read_keyring
+from tests.helpers import alg_args, assert_clean_error
 
 PATHS = ("/keys", "/.well-known/jwks.json")
 
@@ -207,3 +209,52 @@ def test_key_folder_without_keyring_uses_configured_kid(keys_dir: Path, tmp_path
     config = load_config({"JWT_KEYS_DIR": str(bare), "JWT_KID": "from-config"})
     response = jwks_app.create_app(config).test_client().get("/keys")
     assert [k["kid"] for k in response.get_json()["keys"]] == ["from-config"]
+
+
+# --- keys of every algorithm ---------------------------------------------------------------
+
+
+MEMBERS = {
+    "RS256": {"kty", "n", "e"}, "PS256": {"kty", "n", "e"},
+    "ES256": {"kty", "crv", "x", "y"}, "EdDSA": {"kty", "crv", "x"},
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("alg", ["PS256", "ES256", "EdDSA"])
+def test_each_key_has_its_types_members_and_its_alg(
+    alg: str, keys_dir: Path, config: Config, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    assert gen.main(["--next", "--kid", "k2", *alg_args(alg)]) == 0
+    capsys.readouterr()
+    response = jwks_app.create_app(config).test_client().get("/keys")
+    old, new = response.get_json()["keys"]
+    assert (old["kid"], old["alg"], old["kty"]) == (DEFAULT_KID, "RS256", "RSA")
+    assert set(new) == MEMBERS[alg] | {"kid", "use", "alg"}
+    assert (new["kid"], new["use"], new["alg"]) == ("k2", "sig", alg)
+    assert not PRIVATE_MEMBERS & set(new)
+    # What a client builds from the JWK is the key gen.py made, bound to the same alg.
+    key, algorithm = key_from_jwk(new)
+    assert algorithm.name == alg
+    assert public_pem(key) == read_keyring(keys_dir, DEFAULT_KID).records[1].public_pem
+    if alg != "PS256":
+        assert new["crv"] == {"ES256": "P-256", "EdDSA": "Ed25519"}[alg]
+        assert new["kty"] == {"ES256": "EC", "EdDSA": "OKP"}[alg]
+
+
+def test_algorithms_of_the_published_keys(
+    keys_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cache = jwks_app.JwksCache(keys_dir, DEFAULT_KID)
+    assert cache.algorithms() == ("RS256",)
+    assert gen.main(["--next", "--kid", "k2", "--alg", "EdDSA"]) == 0
+    assert cache.algorithms() == ("RS256", "EdDSA")  # picked up without a restart
+    assert gen.main(["--promote"]) == 0
+    assert gen.main(["--next", "--kid", "k3", "--alg", "ES256"]) == 0
+    # The retired RS256 key is still published; the table's order, not the keys'.
+    assert cache.algorithms() == ("RS256", "ES256", "EdDSA")
+    assert gen.main(["--prune", "--force"]) == 0
+    assert cache.algorithms() == ("ES256", "EdDSA")
+    capsys.readouterr()
+    document = jwks_app.build_jwks(keys_dir, DEFAULT_KID)
+    assert jwks_app.published_algorithms(document) == ["ES256", "EdDSA"]

@@ -12,7 +12,7 @@ TESTING := $(VENV)/.installed-test
 SERVING := $(VENV)/.installed-serve
 
 .PHONY: install gen sign verify jwks-server protected-server jwks-client-server make-request \
-        demo serve bench test lint clean
+        demo serve gateway bench test lint clean
 
 install: $(TESTING) $(SERVING)
 
@@ -61,6 +61,9 @@ demo: $(RUNTIME)
 
 serve: $(SERVING)
 	$(PY) -m jwt_guide.http.serve
+
+gateway: $(SERVING)  # nginx + GATEWAY_INSTANCES verifier instances + the JWKS server
+	$(PY) tools/gateway.py
 
 bench: $(SERVING)
 	$(PY) -m tools.bench

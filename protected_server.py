@@ -1,14 +1,19 @@
 """Step 4.b of the guide: a backend whose ``/with-auth`` needs a Bearer token.
 
 The app is a Flask app protected by ``JwtAuth``, the library's Flask extension, with the
-guide's one view, plus ``/auth`` for a gateway's ``auth_request``. Both are answered from the
-verified claims alone, so ``JwtAuth.endpoint`` serves them ahead of Flask's routing (its
-WSGI fast path). The token's ``kid`` picks the key from the JWKS (``JWKS_URI``); the token
-is then checked as verify.py checks it (one ``Verifier``, see jwt_guide/verifier.py). A
-valid token gets ``Result: <its claims as compact JSON>``; the refusals follow RFC 6750:
-401 without an error code when no Bearer token is sent, 400 ``invalid_request`` for a
-malformed Authorization header, 401 ``invalid_token`` for a token that does not verify,
-503 with ``Retry-After`` when no key set can be had.
+guide's one view, plus ``/auth`` for a gateway. Both are answered from the verified claims
+alone, so ``JwtAuth.endpoint`` serves them ahead of Flask's routing (its WSGI fast path,
+jwt_guide.wsgi.BearerEndpoints). The token's ``kid`` picks the key from the JWKS
+(``JWKS_URI``); the token is then checked as verify.py checks it (one ``Verifier``, see
+jwt_guide/verifier.py). A valid token gets ``Result: <its claims as compact JSON>``; the
+refusals follow RFC 6750: 401 without an error code when no Bearer token is sent, 400
+``invalid_request`` for a malformed Authorization header, 401 ``invalid_token`` for a token
+that does not verify, 503 with ``Retry-After`` when no key set can be had.
+
+``GET /auth`` is the same check for a gateway (nginx's ``auth_request``, make gateway): 204
+with the claims in ``X-Jwt-Claims`` (base64url of the compact JSON), or the same refusals.
+With ``JWT_ISSUER`` an http(s) URL and no ``JWKS_URI``, the JWKS URL is read from the
+issuer's discovery document (jwt_guide/discovery.py).
 
 ``create_app`` is the app factory a production WSGI server runs (``make serve``).
 """

@@ -19,12 +19,13 @@ arguments and output):
 - ``keys``: where keys come from: a keys folder, one PEM file (and ``jwks_client``);
 - ``jwks_client``: the hardened JWKS client (cache, rate limit, single flight, backoff);
 - ``verifier``: ``Verifier``, a token in, claims out, with its caches;
+- ``discovery``: configuration by issuer (the JWKS URL from the issuer's discovery document);
 - ``signing``: ``Signer``, tokens exactly as sign.py makes them;
 - ``inspection``: verify.py --inspect's report;
 - ``cli``: the scripts' argument parser and exit-code mapping;
 - ``flask``, ``wsgi``: ``JwtAuth`` and ``BearerAuth``;
 - ``http``: JSON and RFC 6750 errors, serving limits, the development server, the JWKS
-  app, and ``python -m jwt_guide.http.serve`` (make serve).
+  app and its discovery document, and ``python -m jwt_guide.http.serve`` (make serve).
 """
 
 from __future__ import annotations

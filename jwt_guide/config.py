@@ -24,6 +24,8 @@ DEFAULT_EXPIRES_IN = 24 * 60 * 60
 DEFAULT_JWKS_PORT = 3344
 DEFAULT_PROTECTED_PORT = 2233
 DEFAULT_TOKEN_CACHE_SIZE = 10_000
+DEFAULT_GATEWAY_PORT = 8080  # make gateway (nginx in front of several verifier instances)
+DEFAULT_GATEWAY_INSTANCES = 2
 MAX_TOKEN_AGE = 24 * 60 * 60  # the guide's maxAge: '1d'; every verifier here refuses older tokens
 
 PRIVATE_KEY_FILE = ".private.key"
@@ -61,6 +63,13 @@ class Config:
     server_workers: int
     audience: str | None = None
     alg: str = DEFAULT_ALGORITHM  # the algorithm gen.py binds new keys to
+    # Discovery and make gateway: the discovery document's base URL; whether JWKS_URI was set
+    # (if not, and the issuer is an http(s) URL, the JWKS URL is read from the issuer's
+    # discovery document, see jwt_guide.discovery); nginx's port and the instances behind it.
+    public_url: str = f"http://localhost:{DEFAULT_JWKS_PORT}"
+    jwks_uri_set: bool = True
+    gateway_port: int = DEFAULT_GATEWAY_PORT
+    gateway_instances: int = DEFAULT_GATEWAY_INSTANCES
 
     @property
     def private_key_path(self) -> Path:
@@ -165,6 +174,11 @@ def load_config(environ: Mapping[str, str] = os.environ) -> Config:
         server_workers=_integer(environ, "SERVER_WORKERS", os.cpu_count() or 1, 1, 256),
         audience=_text(environ, "JWT_AUDIENCE", "") if "JWT_AUDIENCE" in environ else None,
         alg=_algorithm(environ),
+        # Discovery and make gateway:
+        public_url=_url(environ, "JWT_PUBLIC_URL", f"http://localhost:{jwks_port}").rstrip("/"),
+        jwks_uri_set="JWKS_URI" in environ,
+        gateway_port=_integer(environ, "GATEWAY_PORT", DEFAULT_GATEWAY_PORT, 1, 65535),
+        gateway_instances=_integer(environ, "GATEWAY_INSTANCES", DEFAULT_GATEWAY_INSTANCES, 1, 64),
     )
 
 

@@ -51,9 +51,9 @@ def changing(config: Config, create: bool) -> Iterator[str | None]:
     fails). Raises OSError if the folder cannot be made or opened, and as ``recover`` does.
     """
     made = create and not config.keys_dir.exists()
-    if create:
-        config.keys_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    try:
+    try:  # the folder is made inside: a Ctrl-C just after mkdir removes it too
+        if create:
+            config.keys_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         with locked(config.keys_dir):
             yield recover(config.keys_dir)
     except BaseException:

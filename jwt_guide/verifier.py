@@ -30,8 +30,8 @@ from pathlib import Path
 from typing import Any
 
 from jwt_guide.config import Config, load_config
+from jwt_guide.discovery import jwks_client_for
 from jwt_guide.errors import InvalidToken
-from jwt_guide.jwks_client import JwksClient
 from jwt_guide.keys import FolderKeys, KeySource, PublishedKey
 from jwt_guide.tokens import (
     DEFAULT_MAX_AGE,
@@ -119,6 +119,9 @@ class Verifier:
     refused. Keyword-only extras: ``keys``, any key source (a ``JwksClient`` built with an
     injected fetch, a ``PemFileKey``); ``clock``, the wall clock.
 
+    Configuration by issuer: with no ``keys_dir``, no ``jwks_uri`` and JWKS_URI not set, an
+    issuer that is an http(s) URL names the JWKS in its discovery document (jwt_guide.discovery).
+
     Building a Verifier never fetches the JWKS (that happens at the first ``verify``).
     Raises UsageError for a bad setting in the environment, and, with ``keys_dir``, if the
     folder has no public key (JwtGuideError if a key cannot be read).
@@ -147,9 +150,8 @@ class Verifier:
         )
         if keys is None and keys_dir is not None:
             keys = FolderKeys(Path(keys_dir).absolute(), config.kid)
-        if keys is None:
-            uri = config.jwks_uri if jwks_uri is None else jwks_uri
-            keys = JwksClient(uri, config.jwks_cache_seconds, config.jwks_requests_per_minute)
+        if keys is None:  # a JWKS URL, or one found by the issuer's discovery document
+            keys = jwks_client_for(config, jwks_uri, self.policy.issuer)
         self.keys: KeySource = keys
         self.clock = clock or time.time
         self.headers = HeaderCache()

@@ -43,7 +43,7 @@ from jwt.algorithms import RSAAlgorithm
 from jwt_guide.config import DEFAULT_ISSUER, DEFAULT_KID, DEFAULT_PASSPHRASE
 
 ROOT = Path(__file__).resolve().parent.parent
-ENV_PREFIXES = ("JWT_", "JWKS_", "PROTECTED_", "TOKEN_CACHE", "SERVER_WORKERS")
+ENV_PREFIXES = ("JWT_", "JWKS_", "PROTECTED_", "TOKEN_CACHE", "SERVER_WORKERS", "GATEWAY_")
 SECRET_MARKERS = (DEFAULT_PASSPHRASE, "PRIVATE KEY")
 WAIT = 10.0  # upper bound for anything that should happen "at once"; never reached when green
 TIMEOUT = 10.0  # for a socket exchange

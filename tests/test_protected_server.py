@@ -616,3 +616,72 @@ def test_ctrl_c_while_starting_exits_130(
     monkeypatch.setattr(protected_server, "create_app", interrupted)
     assert protected_server.main([]) == 130
     assert capsys.readouterr() == ("", "protected_server: interrupted\n")
+
+
+# --- GET /auth, for a gateway's auth_request ------------------------------------------------
+
+
+def decode_claims_header(header: str) -> str:
+    assert "=" not in header  # base64url without padding
+    return base64.urlsafe_b64decode(header + "=" * (-len(header) % 4)).decode()
+
+
+def test_auth_is_204_with_the_claims_of_with_auth_in_base64url(
+    harness: HarnessFactory, make_token: TokenFactory
+) -> None:
+    h = harness()
+    token = make_token(now=int(h.clock.now), name="Zoë", nested={"b": [1, 2]})
+    response = h.client.get("/auth", headers={"Authorization": f"Bearer {token}"})
+    assert response.status_code == 204
+    assert response.get_data() == b""
+    compact = decode_claims_header(response.headers["X-Jwt-Claims"])
+    assert '"name":"Zoë"' in compact
+    assert h.get(token).get_data(as_text=True) == f"Result: {compact}"
+
+
+AUTH_REFUSALS: dict[str, Callable[[TokenFactory, int], str | None]] = {
+    "no-header": lambda make, now: None,
+    "basic": lambda make, now: "Basic dXNlcjpwYXNz",
+    "bearer-alone": lambda make, now: "Bearer",
+    "two-parts": lambda make, now: "Bearer a b",
+    "garbage": lambda make, now: "Bearer not-a-token",
+    "expired": lambda make, now: f"Bearer {make(now=now - 7200)}",
+    "wrong-issuer": lambda make, now: f"Bearer {make(now=now, iss='someone-else')}",
+    "unknown-kid": lambda make, now: f"Bearer {make(now=now, header={'kid': 'other'})}",
+    "forged": lambda make, now: f"Bearer {make(now=now).rsplit('.', 1)[0]}.{'A' * 683}",
+    "oversized": lambda make, now: f"Bearer {make(now=now, pad='x' * 9000)}",
+    "alg-none": lambda make, now: "Bearer eyJhbGciOiJub25lIiwia2lkIjoibXkta2V5LWlkIn0.e30.",
+}
+
+
+@pytest.mark.parametrize("case", AUTH_REFUSALS, ids=list(AUTH_REFUSALS))
+def test_auth_refusals_are_those_of_with_auth(
+    harness: HarnessFactory, make_token: TokenFactory, case: str
+) -> None:
+    h = harness()
+    authorization = AUTH_REFUSALS[case](make_token, int(h.clock.now))
+    headers = {} if authorization is None else {"Authorization": authorization}
+    auth = h.client.get("/auth", headers=headers)
+    guide = h.client.get("/with-auth", headers=headers)
+    assert auth.status_code == guide.status_code
+    assert auth.status_code in {400, 401}
+    assert auth.headers.getlist("WWW-Authenticate") == guide.headers.getlist("WWW-Authenticate")
+    assert len(auth.headers.getlist("WWW-Authenticate")) == 1
+    assert auth.get_json() == guide.get_json()
+    assert "X-Jwt-Claims" not in auth.headers
+
+
+def test_auth_with_the_jwks_down_is_503_with_retry_after(
+    harness: HarnessFactory, make_token: TokenFactory
+) -> None:
+    h = harness()
+    h.fetch.failing = True
+    response = h.client.get(
+        "/auth", headers={"Authorization": f"Bearer {make_token(now=int(h.clock.now))}"}
+    )
+    assert_error(response, 503, "temporarily_unavailable")
+    assert int(response.headers["Retry-After"]) >= 1
+
+
+def test_auth_other_methods_are_405(harness: HarnessFactory) -> None:
+    assert harness().client.post("/auth").status_code == 405

@@ -1,2 +1,2 @@
 """HTTP pieces: JSON and RFC 6750 errors, serving limits, the development server, the JWKS
-app, and make serve (``python -m jwt_guide.http.serve``)."""
+app and its discovery document, and make serve (``python -m jwt_guide.http.serve``)."""

@@ -6,7 +6,8 @@ current and retired public keys, each with the members of its type (RSA ``n``, `
 RSA), its ``kid``, ``"use": "sig"`` and the ``alg`` it is bound to. The key set is
 rebuilt only when a key file changes (seen by ``stat``, so a replaced key is picked up without
 a restart and no file is read on the request path), and served with ``Cache-Control``,
-``ETag`` and 304 answers to ``If-None-Match``.
+``ETag`` and 304 answers to ``If-None-Match``. ``GET /.well-known/openid-configuration``
+answers the discovery document (jwt_guide.http.discovery), cached and conditional alike.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from werkzeug.http import parse_etags
 from jwt_guide.algorithms import ALGORITHMS, KeyRejected, load_public_pem
 from jwt_guide.config import PUBLIC_KEY_FILE, Config, load_config
 from jwt_guide.errors import JwtGuideError, UsageError
+from jwt_guide.http.discovery import DISCOVERY_PATH, DiscoveryDocument
 from jwt_guide.http.errors import add_json_errors
 from jwt_guide.http.limits import apply_serving_limits
 from jwt_guide.keystore import KEYRING_FILE, KeyRecord, file_stamps, read_keyring
@@ -126,8 +128,8 @@ def etag_matches(if_none_match: str | None, etag: str) -> bool:
     return if_none_match == f'"{etag}"' or parse_etags(if_none_match).contains_weak(etag)
 
 
-def key_set_headers(body: bytes, etag: str, cache_control: str) -> tuple[Headers, Headers]:
-    """The headers of the 200 answer with ``body`` and of the 304 answer."""
+def document_headers(body: bytes, etag: str, cache_control: str) -> tuple[Headers, Headers]:
+    """The headers of the 200 answer with ``body`` (JSON) and of the 304 answer."""
     not_modified = [("ETag", f'"{etag}"'), ("Cache-Control", cache_control)]
     # A 304 may not say Content-Length: 0 (RFC 9110 8.6), nor a Content-Type.
     ok = [*not_modified, ("Content-Type", "application/json"), ("Content-Length", str(len(body)))]
@@ -139,8 +141,14 @@ def key_set_answer(cache: JwksCache, cache_control: str, if_none_match: str | No
 
     Raises JwtGuideError (from ``JwksCache.get``) when there is no key set to serve.
     """
-    body, etag = cache.get()
-    ok, not_modified = key_set_headers(body, etag, cache_control)
+    return conditional_answer(*cache.get(), cache_control, if_none_match)
+
+
+def conditional_answer(
+    body: bytes, etag: str, cache_control: str, if_none_match: str | None
+) -> Answer:
+    """200 with ``body`` (JSON) and its caching headers, or 304 if ``If-None-Match`` matches."""
+    ok, not_modified = document_headers(body, etag, cache_control)
     if etag_matches(if_none_match, etag):
         return 304, not_modified, b""
     return 200, ok, body
@@ -170,7 +178,7 @@ class KeySetMiddleware:
             return self.app(environ, start_response)
         built = self._headers
         if built[0] != etag:
-            built = self._headers = (etag, *key_set_headers(body, etag, self.cache_control))
+            built = self._headers = (etag, *document_headers(body, etag, self.cache_control))
         # The lists are shared by every answer: neither granian nor werkzeug changes them.
         if etag_matches(environ.get("HTTP_IF_NONE_MATCH"), etag):
             start_response("304 Not Modified", built[2])
@@ -197,6 +205,21 @@ def create_app(config: Config | None = None) -> Flask:
             )
         except JwtGuideError as e:
             app.logger.error("cannot serve the key set: %s", e)
+            abort(500, description="the public key is not available on this server")
+        return Response(body, status, headers)
+
+    # Discovery: the document, cached and conditional like the key set.
+    document = DiscoveryDocument(cache.get, cache.algorithms, config.issuer, config.public_url)
+
+    @app.get(DISCOVERY_PATH, provide_automatic_options=False)
+    def openid_configuration() -> Response:
+        """The discovery document (OpenID Connect Discovery), conditional on ``If-None-Match``."""
+        try:
+            status, headers, body = conditional_answer(
+                *document.get(), cache_control, request.headers.get("If-None-Match")
+            )
+        except JwtGuideError as e:
+            app.logger.error("cannot serve the discovery document: %s", e)
             abort(500, description="the public key is not available on this server")
         return Response(body, status, headers)
 

@@ -110,8 +110,9 @@ def granian_command(target: str, host: str, port: int, workers: int) -> list[str
     ]  # fmt: skip
 
 
-def die_with_parent(parent: int) -> bool:
-    """Have Linux SIGKILL this process when its parent dies; False if ``parent`` is gone already.
+def die_with_parent(parent: int, signum: int = signal.SIGKILL) -> bool:
+    """Have Linux send this process SIGKILL (or ``signum``) when its parent dies; False if
+    ``parent`` is gone already.
 
     The standard library has no prctl, hence ctypes. PR_SET_PDEATHSIG fires when the thread
     that forked us exits: serve.py and granian's main process both fork from their main
@@ -121,7 +122,7 @@ def die_with_parent(parent: int) -> bool:
     if not sys.platform.startswith("linux"):
         return True
     libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+    if libc.prctl(PR_SET_PDEATHSIG, signum, 0, 0, 0) != 0:
         errno = ctypes.get_errno()
         raise OSError(errno, os.strerror(errno))
     return os.getppid() == parent
@@ -261,10 +262,15 @@ def wait_ready(server: Server, process: subprocess.Popen[bytes], deadline: float
 
 
 def stop(running: Running) -> None:
-    """Stop every server gracefully (SIGTERM), then kill what is left after STOP_SECONDS."""
+    """Stop every server gracefully (SIGTERM), then kill what is left after STOP_SECONDS.
+
+    SIGTERM goes to each server's main process only, which stops its own workers: sent to
+    the whole process group, it could end a worker before granian had marked that worker as
+    being stopped, and granian would log "Unexpected exit from worker-N", a second line on
+    Ctrl-C. SIGKILL, at the end, goes to each group (the workers left behind, if any).
+    """
     for _, process in running:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGTERM)
+        process.send_signal(signal.SIGTERM)  # a no-op for a process already waited for
     deadline = time.monotonic() + STOP_SECONDS
     for _, process in running:
         with contextlib.suppress(subprocess.TimeoutExpired):

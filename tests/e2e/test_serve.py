@@ -209,6 +209,41 @@ def test_ctrl_c_stops_both_with_exit_130_and_one_line(start_serve: ServeFactory)
     _assert_all_gone(server)
 
 
+# A server's main process that leaves its worker behind on SIGTERM; the worker writes its pid,
+# then "TERM" if SIGTERM ever reaches it.
+WORKER = (
+    "import pathlib, signal, sys, time; marker = pathlib.Path(sys.argv[1]); "
+    "signal.signal(signal.SIGTERM, lambda *_: marker.write_text('TERM')); "
+    "marker.write_text(str(__import__('os').getpid())); time.sleep(60)"
+)
+MAIN = (
+    "import signal, subprocess, sys, time; "
+    f"subprocess.Popen([sys.executable, '-c', {WORKER!r}, sys.argv[1]]); "
+    "signal.signal(signal.SIGTERM, lambda *_: sys.exit(0)); time.sleep(60)"
+)
+
+
+def test_stop_sends_sigterm_to_the_main_process_only(tmp_path: Path) -> None:
+    """granian's main process stops its workers itself; a SIGTERM of ours reaching a worker
+    first has granian log "Unexpected exit from worker-1" (a second line on Ctrl-C). What the
+    main process leaves behind is killed by process group."""
+    marker = tmp_path / "worker"
+    process = subprocess.Popen([sys.executable, "-c", MAIN, str(marker)], start_new_session=True)
+    deadline = time.monotonic() + 10
+    while not marker.exists() or not marker.read_text().isdigit():
+        assert time.monotonic() < deadline, "the worker did not start"
+        time.sleep(0.01)
+    worker = int(marker.read_text())
+    server = serve.Server("test server", "none:none", "127.0.0.1", 9, "TEST_PORT", "")
+    serve.stop([(server, process)])
+    assert process.returncode == 0
+    deadline = time.monotonic() + 10
+    while _alive(worker):
+        assert time.monotonic() < deadline, "the worker outlived stop()"
+        time.sleep(0.01)
+    assert marker.read_text() == str(worker)  # killed, never sent SIGTERM
+
+
 def test_sigkill_of_serve_takes_the_servers_and_workers_down(start_serve: ServeFactory) -> None:
     server = start_serve()
     assert len(server.seen) == 4  # two granian main processes, one worker each

@@ -98,6 +98,9 @@ def test_guide_file_names_in_the_keys_folder(tmp_path: Path) -> None:
         ("JWT_ALG", "PS256", "alg", "PS256"),
         ("JWT_ALG", "ES256", "alg", "ES256"),
         ("JWT_ALG", "EdDSA", "alg", "EdDSA"),
+        ("JWT_PUBLIC_URL", "https://keys.example/", "public_url", "https://keys.example"),
+        ("GATEWAY_PORT", "9090", "gateway_port", 9090),
+        ("GATEWAY_INSTANCES", "3", "gateway_instances", 3),
     ],
     ids=lambda v: str(v) if not isinstance(v, Path) else "path",
 )
@@ -107,18 +110,26 @@ def test_every_value_has_an_environment_variable(
     config = load_config({variable: value})
     assert getattr(config, field) == expected
     unchanged = load_config({})
-    others = [f.name for f in dataclasses.fields(Config) if f.name != field]
-    assert {n: getattr(config, n) for n in others if n not in {"jwks_uri", "protected_url"}} == {
-        n: getattr(unchanged, n) for n in others if n not in {"jwks_uri", "protected_url"}
-    }
+    derived = {"jwks_uri", "protected_url", "public_url", "jwks_uri_set"}  # follow ports, JWKS_URI
+    others = [f.name for f in dataclasses.fields(Config) if f.name not in {field, *derived}]
+    assert {n: getattr(config, n) for n in others} == {n: getattr(unchanged, n) for n in others}
 
 
 def test_urls_follow_the_ports_unless_set() -> None:
     config = load_config({"JWKS_PORT": "4001", "PROTECTED_PORT": "4002"})
     assert config.jwks_uri == "http://localhost:4001/keys"
     assert config.protected_url == "http://localhost:4002/with-auth"
+    assert config.public_url == "http://localhost:4001"
+    assert not config.jwks_uri_set
     config = load_config({"JWKS_PORT": "4001", "JWKS_URI": "http://127.0.0.1:9/keys"})
     assert config.jwks_uri == "http://127.0.0.1:9/keys"
+    assert config.jwks_uri_set
+
+
+def test_gateway_defaults() -> None:
+    config = load_config({})
+    assert (config.gateway_port, config.gateway_instances) == (8080, 2)
+    assert config.public_url == "http://localhost:3344"
 
 
 def test_load_config_reads_os_environ_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -197,6 +208,12 @@ BAD_VALUES = [
     ("JWT_ALG", "ES256 "),
     ("JWT_ALG", ""),
     ("JWT_ALG", "x" * 1000),
+    ("JWT_PUBLIC_URL", "ftp://keys.example"),
+    ("JWT_PUBLIC_URL", "keys.example"),
+    ("GATEWAY_PORT", "http"),
+    ("GATEWAY_PORT", "70000"),
+    ("GATEWAY_INSTANCES", "0"),
+    ("GATEWAY_INSTANCES", "65"),
 ]
 BAD_IDS = [f"{name}={value[:8]!r}" for name, value in BAD_VALUES]
 

@@ -741,7 +741,7 @@ def run(args: argparse.Namespace) -> list[Row]:
         add_peers(stack, setup, work, env, args=args, config=config, workers=workers)
         for peer in ("fastify", "nginx"):
             if peer in setup.skipped:
-                print(f"bench: {peer} skipped: {setup.skipped[peer]}", file=sys.stderr)
+                print(f"bench: {peer}: {setup.skipped[peer]}", file=sys.stderr)
         parent = setup.servers.processes["protected"].pid
         idle = max(worker_rss_mib(parent), default=0)
         runs = len(list(run_order([(p if p in setup.targets else None, n)

@@ -309,7 +309,12 @@ def wrk(target: Target, seconds: float) -> Load:
         command += ["-H", header]
     if target.script is not None:
         command += ["-s", str(target.script)]
-    out = subprocess.run(command, capture_output=True, text=True, check=False).stdout  # noqa: S603
+    try:
+        out = subprocess.run(  # noqa: S603 (wrk found on PATH, our arguments)
+            command, capture_output=True, text=True, check=False, timeout=seconds + 30
+        ).stdout
+    except subprocess.TimeoutExpired as e:
+        raise BenchError(f"wrk did not finish against {target.url}") from e
     rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
     p99 = re.search(r"99%\s+([\d.]+)(us|ms|s)\b", out)
     if not rps or not p99:

@@ -128,3 +128,18 @@ def tmpfs_path(tmp_path: Path) -> Iterator[Path]:
         yield path
     finally:
         shutil.rmtree(path, ignore_errors=True)
+
+
+NETRC_SECRET = "netrc-secret"
+
+
+@pytest.fixture
+def netrc_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A HOME whose ~/.netrc holds a login for 127.0.0.1, as requests' trust_env would send
+    it (as Basic auth, in place of any Authorization header); returns its password."""
+    netrc = tmp_path / ".netrc"
+    netrc.write_text(f"machine 127.0.0.1 login user password {NETRC_SECRET}\n")
+    netrc.chmod(0o600)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.delenv("NETRC", raising=False)
+    return NETRC_SECRET

@@ -62,15 +62,9 @@ def test_sends_the_token_as_bearer(
     assert headers["Authorization"] == f"Bearer {TOKEN}"
 
 
-def test_netrc_credentials_never_replace_the_bearer_token(
-    backend: RecordingServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+@pytest.mark.usefixtures("netrc_home")
+def test_netrc_credentials_never_replace_the_bearer_token(backend: RecordingServer) -> None:
     """requests' trust_env would send ~/.netrc's login for the host instead of the token."""
-    netrc = tmp_path / ".netrc"
-    netrc.write_text("machine 127.0.0.1 login user password netrc-secret\n")
-    netrc.chmod(0o600)
-    monkeypatch.setenv("HOME", str(tmp_path))
-    monkeypatch.delenv("NETRC", raising=False)
     backend.serve("ok")
     assert make_request.main([]) == 0
     [(_, headers)] = backend.requests

@@ -15,7 +15,6 @@ import string
 import threading
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -909,22 +908,14 @@ def no_proxy_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.mark.usefixtures("no_proxy_env")
 def test_netrc_credentials_are_never_sent(
-    server: RecordingServer,
-    good_jwk: dict[str, Any],
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
+    server: RecordingServer, good_jwk: dict[str, Any], netrc_home: str
 ) -> None:
     """requests' trust_env would send ~/.netrc's login for the JWKS host as Basic auth."""
-    netrc = tmp_path / ".netrc"
-    netrc.write_text("machine 127.0.0.1 login jwks-user password netrc-secret\n")
-    netrc.chmod(0o600)
-    monkeypatch.setenv("HOME", str(tmp_path))
-    monkeypatch.delenv("NETRC", raising=False)
     server.serve(key_set(good_jwk))
     assert make_client(server).get_key("good") is not None
     [(_, headers)] = server.requests
     assert "Authorization" not in headers
-    assert "netrc-secret" not in json.dumps(headers)
+    assert netrc_home not in json.dumps(headers)
 
 
 @pytest.mark.usefixtures("no_proxy_env")

@@ -22,7 +22,13 @@ from typing import Protocol
 from jwt_guide.algorithms import Algorithm, KeyRejected, PublicKey, algorithm_for_key
 from jwt_guide.config import PUBLIC_KEY_FILE
 from jwt_guide.errors import InvalidToken, JwtGuideError, UsageError
-from jwt_guide.keystore import KEYRING_FILE, file_stamps, public_key_from_pem, read_keyring
+from jwt_guide.keystore import (
+    KEYRING_FILE,
+    file_stamps,
+    public_key_from_pem,
+    read_key_file,
+    read_keyring,
+)
 from jwt_guide.tokens import shown
 
 log = logging.getLogger(__name__)
@@ -158,12 +164,7 @@ class PemFileKey:
     """
 
     def __init__(self, path: Path, alg: str | None = None) -> None:
-        try:
-            data = path.read_bytes()
-        except FileNotFoundError:
-            raise UsageError(f"no public key at {path}: the file does not exist") from None
-        except OSError as e:
-            raise JwtGuideError(f"cannot read public key {path}: {e.strerror}") from None
+        data = read_key_file(path, "public key", fix="the file does not exist")
         key = public_key_from_pem(data, str(path))
         try:
             self.key = PublishedKey.of("", key, alg)

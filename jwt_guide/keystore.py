@@ -143,13 +143,20 @@ def load_public_key(path: Path) -> PublicKey:
 
     Raises UsageError if the file is missing, JwtGuideError if it holds no supported public key.
     """
+    return public_key_from_pem(read_key_file(path, "public key"), str(path))
+
+
+def read_key_file(path: Path, what: str, fix: str = "run gen.py first") -> bytes:
+    """The bytes of the key file ``path`` (``what``: "public key", "private key").
+
+    Raises UsageError saying ``fix`` if the file is missing, JwtGuideError if it cannot be read.
+    """
     try:
-        data = path.read_bytes()
+        return path.read_bytes()
     except FileNotFoundError:
-        raise UsageError(f"no public key at {path}: run gen.py first") from None
+        raise UsageError(f"no {what} at {path}: {fix}") from None
     except OSError as e:
-        raise JwtGuideError(f"cannot read public key {path}: {e.strerror}") from None
-    return public_key_from_pem(data, str(path))
+        raise JwtGuideError(f"cannot read {what} {path}: {e.strerror}") from None
 
 
 def public_key_from_pem(data: bytes, where: str) -> PublicKey:
@@ -168,12 +175,7 @@ def load_private_key(path: Path, passphrase: str) -> PrivateKey:
     file is not an encrypted private key of a supported type. The passphrase never appears
     in a message.
     """
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise UsageError(f"no private key at {path}: run gen.py first") from None
-    except OSError as e:
-        raise JwtGuideError(f"cannot read private key {path}: {e.strerror}") from None
+    data = read_key_file(path, "private key")
     try:
         return load_private_pem(data, passphrase)
     except KeyRejected as e:

@@ -3,7 +3,7 @@
 Everything is measured in one run on this machine, so that the ratios mean something on a
 busy or slow one:
 
-- over HTTP, with ``wrk -t1 -c16``: both servers under ``make serve``'s granian command,
+- over HTTP, with ``wrk -t1 -c16``: both servers under ``make serve``'s server command,
   against fastify 5 + fast-jwt 6 + get-jwks under ``node:cluster`` (verified-token cache on,
   and off) for ``/with-auth`` and ``/auth``, and against nginx serving ``jwks_server.py
   --export`` output as a static file for ``/keys`` and its 304 (tools/bench_peers: each built
@@ -16,7 +16,7 @@ busy or slow one:
   against the same token made by hand with raw ``cryptography``, and ``Verifier.verify`` of
   fresh tokens against raw ``cryptography`` verification of their signatures; token sizes;
 - the protected server's memory (RSS) per worker: idle, after the load, and while hostile
-  clients hold every connection it accepts with request heads as large as granian buffers.
+  clients hold every connection it accepts with request heads as large as the server holds.
 
 Keys, tokens, peers and logs live in temporary folders that are removed at the end; nothing
 is written into the repository. Not a test: CI does not run it, and the numbers are noisy
@@ -60,7 +60,7 @@ from jwt_guide import Signer, Verifier, rotation, tokens
 from jwt_guide.algorithms import ALGORITHMS, PrivateKey, public_pem
 from jwt_guide.config import Config, load_config
 from jwt_guide.errors import JwtGuideError
-from jwt_guide.http import serve
+from jwt_guide.http import serve, server
 from jwt_guide.keys import PemFileKey, PublishedKey
 from jwt_guide.keystore import load_private_key, load_public_key
 from jwt_guide.verifier import TokenCache, Verified, compact_json
@@ -173,7 +173,7 @@ class Servers:
               port: int) -> None:  # fmt: skip
         """Serve ``target`` on ``port`` as make serve does (``wait`` tells when it accepts)."""
         log = (self.work / f"{name}.log").open("wb")
-        command = serve.granian_command(target, "127.0.0.1", port, workers)
+        command = serve.server_command(target, "127.0.0.1", port, workers)
         self.processes[name] = subprocess.Popen(  # noqa: S603 (our own command)
             command, env=dict(env), cwd=self.work, stdout=log, stderr=log,
             start_new_session=True,
@@ -521,7 +521,7 @@ def algorithm_rows(results: Mapping[str, Mapping[str, float]]) -> list[Row]:
 
 
 def worker_rss_mib(parent: int) -> list[float]:
-    """RSS in MiB of the descendants of ``parent`` that run the app (granian's workers)."""
+    """RSS in MiB of the descendants of ``parent`` that run the app (the server's workers)."""
     children: dict[int, list[int]] = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
         with contextlib.suppress(OSError, ValueError, IndexError):
@@ -673,7 +673,7 @@ class Memory:
 
 def memory_rows(m: Memory) -> list[Row]:
     """The protected server's RSS per worker, and the bound make serve's limits set."""
-    held = serve.BACKPRESSURE * 2 * serve.HTTP1_BUFFER_BYTES / 2**20
+    held = server.MAX_CONNECTIONS * 2 * server.MAX_HEAD_BYTES / 2**20
     cache = m.cache_size * m.entry_bytes / 2**20
     bound = m.idle + cache + held
     return [
@@ -682,7 +682,7 @@ def memory_rows(m: Memory) -> list[Row]:
             None, None),
         Row("  with hostile heads on every connection", f"{m.hostile:.1f} "
             f"({m.hostile_mib_sent:.0f} MiB held)", f"bound {m.idle:.0f} + {cache:.1f} + "
-            f"{serve.BACKPRESSURE} x 2 x {serve.HTTP1_BUFFER_BYTES // 1024} KiB = {bound:.0f}",
+            f"{server.MAX_CONNECTIONS} x 2 x {server.MAX_HEAD_BYTES // 1024} KiB = {bound:.0f}",
             None, None),
     ]  # fmt: skip
 
@@ -707,7 +707,8 @@ def measure_memory(parent: int, url: str, idle: float, config: Config, key: Publ
     loaded = max(worker_rss_mib(parent), default=0)
     workers = max(1, len(worker_rss_mib(parent)))
     try:
-        sent = hostile_heads(url, workers * serve.BACKPRESSURE, serve.HTTP1_BUFFER_BYTES)
+        # Each head just under the limit, so that the server holds it rather than refuse it.
+        sent = hostile_heads(url, workers * server.MAX_CONNECTIONS, server.MAX_HEAD_BYTES - 8192)
         time.sleep(0.5)
         hostile = max(worker_rss_mib(parent), default=0)
     finally:
@@ -773,7 +774,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The command line of make bench."""
     parser = argparse.ArgumentParser(
         prog="python -m tools.bench",
-        description="Measure both servers (under make serve's granian) against fastify + "
+        description="Measure both servers (under make serve's server) against fastify + "
         "fast-jwt (needs node 20+ and npm) and nginx serving the exported key set (needs "
         "nginx), sides alternating, and verification against raw cryptography RSA verify. "
         f"HTTP load uses wrk ({WRK_INSTALL}). Takes under 3 minutes; writes only to "

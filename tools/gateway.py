@@ -6,8 +6,8 @@ temporary folder, not as a system service) listens on ``GATEWAY_PORT`` and
 - serves ``/keys``, ``/.well-known/jwks.json`` and ``/.well-known/openid-configuration``
   from its cache, filled and revalidated (ETag) from the JWKS server on ``JWKS_PORT``;
 - protects ``/api/`` with ``auth_request`` to ``GET /auth`` of ``GATEWAY_INSTANCES``
-  protected-server instances, each under granian (one worker) in its own process group on
-  its own port, as if on its own machine, and passes the request on to a small application
+  protected-server instances, each under make serve's server (one worker) in its own process
+  group on its own port, as if on its own machine, and passes the request on to a small application
   (tools/gateway_app.py) with the verified claims in ``X-Jwt-Claims``.
 
 The instances take their keys from the JWKS server (``JWKS_URI``, or the issuer's discovery
@@ -41,16 +41,17 @@ from jwt_guide.errors import JwtGuideError, UsageError
 from jwt_guide.http.devserver import bind_address, listen
 from jwt_guide.http.serve import (
     READY_SECONDS,
+    SERVER_LIBRARIES,
     STOP_SIGNALS,
     ParentWatch,
     Running,
     Server,
     Stop,
-    die_with_parent,
     start,
     stop,
     wait_ready,
 )
+from jwt_guide.http.server import die_with_parent
 
 ROOT = Path(__file__).resolve().parent.parent
 TEMPLATE = ROOT / "deploy" / "nginx" / "gateway.conf.template"
@@ -117,16 +118,16 @@ def plan(config: Config) -> tuple[Server, list[Server], Server, Server]:
 
     Raises UsageError if ``JWT_BIND_HOST``, where nginx listens, is not an address here.
     """
-    jwks = Server("JWKS server", "jwt_guide.http.serve:jwks_app", INTERNAL_HOST, config.jwks_port,
-                  "JWKS_PORT", f"JWKS API is on port {config.jwks_port}")  # fmt: skip
+    jwks = Server("JWKS server", "jwt_guide.http.jwks_app:create_app", INTERNAL_HOST,
+                  config.jwks_port, "JWKS_PORT", f"JWKS API is on port {config.jwks_port}")  # fmt: skip
     instances = []
     for number in range(1, config.gateway_instances + 1):
         port = free_port()  # no variable names it: it was free a moment ago
         name = f"verifier {number}"
-        instances.append(Server(name, "jwt_guide.http.serve:protected_app", INTERNAL_HOST, port,
+        instances.append(Server(name, "protected_server:create_app", INTERNAL_HOST, port,
                                 "", f"{name} is on port {port}"))  # fmt: skip
     port = free_port()
-    app = Server("application", "tools.gateway_app:app_in_worker", INTERNAL_HOST, port, "",
+    app = Server("application", "tools.gateway_app:create_app", INTERNAL_HOST, port, "",
                  f"application is on port {port}")  # fmt: skip
     gateway = Server("nginx", "", bind_address(config.bind_host), config.gateway_port,
                      "GATEWAY_PORT", f"Gateway is on port {config.gateway_port}")  # fmt: skip
@@ -136,18 +137,19 @@ def plan(config: Config) -> tuple[Server, list[Server], Server, Server]:
 def check(config: Config, fixed: Sequence[Server]) -> None:
     """Refuse to start what cannot work, as make serve does.
 
-    Raises JwtGuideError if granian is missing, or a port of ``fixed`` (nginx's, the JWKS
-    server's) is taken or the same as the other; UsageError without a key (exit 2, as
+    Raises JwtGuideError if the server's libraries are missing, or a port of ``fixed``
+    (nginx's, the JWKS server's) is taken or the same as the other; UsageError without a key (exit 2, as
     jwks_server.py) or for a host that is not an address here.
     """
-    if importlib.util.find_spec("granian") is None:
-        raise JwtGuideError("granian is not installed: run make gateway (or pip install granian)")
+    missing = [name for name in SERVER_LIBRARIES if importlib.util.find_spec(name) is None]
+    if missing:
+        raise JwtGuideError(f"{' and '.join(missing)} not installed: run make gateway")
     if config.gateway_port == config.jwks_port:
         raise JwtGuideError(f"GATEWAY_PORT and JWKS_PORT are both {config.jwks_port}: change one")
     if not config.public_key_path.exists():
         raise UsageError(f"no public key at {config.public_key_path}: run gen.py first")
     for server in fixed:
-        # Bound and let go at once: one line naming the variable, where nginx or granian
+        # Bound and let go at once: one line naming the variable, where nginx or the servers
         # would fail later with their own messages.
         listen(server.host, server.port, server.port_variable).close()
 

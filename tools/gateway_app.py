@@ -12,12 +12,8 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-import multiprocessing
-import os
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
-
-from jwt_guide.http.serve import die_with_parent
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
@@ -62,13 +58,6 @@ def app(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[byt
 
 
 def create_app() -> WSGIApplication:
-    """The app, for any WSGI server (``granian --factory tools.gateway_app:create_app``)."""
-    return app
-
-
-def app_in_worker() -> WSGIApplication:
-    """The app in a granian worker that dies with granian's main process (as make serve's)."""
-    master = multiprocessing.parent_process()
-    if master is not None and master.pid is not None and not die_with_parent(master.pid):
-        os._exit(1)
+    """The app, for any WSGI server (make gateway: ``python -m jwt_guide.http.server --factory
+    tools.gateway_app:create_app``)."""
     return app

@@ -1,35 +1,31 @@
-"""Step 4 in production: the JWKS server and the protected backend under granian.
+"""Step 4 in production: the JWKS server and the protected backend under jwt_guide.http.server.
 
 The guide runs each backend as one Node.js process; ``make jwks-server`` and ``make
 protected-server`` run Flask's development server. ``make serve`` (``python -m
 jwt_guide.http.serve``, from the repository) runs both apps
-(``jwt_guide.http.jwks_app:create_app()`` and ``protected_server:create_app()``) under granian, a
-WSGI server written in Rust with HTTP keep-alive, with ``SERVER_WORKERS`` worker processes
-each (default: the number of cores), on the hosts and ports of config.py. It stays in the
-foreground until Ctrl-C or SIGTERM, then stops both servers and their workers.
+(``jwt_guide.http.jwks_app:create_app()`` and ``protected_server:create_app()``) under
+jwt_guide.http.server, the project's production WSGI server (uvloop and llhttp, one event
+loop per worker, HTTP keep-alive), with ``SERVER_WORKERS`` worker processes each (default:
+the number of cores), on the hosts and ports of config.py. It stays in the foreground until
+Ctrl-C or SIGTERM, then stops both servers and their workers.
 
-Limits (SPEC.md, "Serving limits"): HTTP/1.1 only (granian's default ``--http auto`` also
-speaks HTTP/2 without TLS, with 16 MiB header blocks, and never closes a connection that sends
-nothing); hyper's header read timeout closes a connection that sends nothing, stalls
-mid-request or idles between keep-alive requests after READ_TIMEOUT_SECONDS. The servers die
-with this process even when it is killed with SIGKILL, and stop when ``make``, our parent,
-exits on SIGINT (make waits for its children then, but does not pass the signal on).
+The limits of SPEC.md's "Serving limits" are the server's (see its docstring): HTTP/1.x only,
+a deadline for each request head that closes silent, stalled and idle connections, bounded
+heads, bodies and connections. The servers die with this process even when it is killed
+with SIGKILL, and stop when ``make``, our parent, exits on SIGINT (make waits for its
+children then, but does not pass the signal on).
 
-Why granian: measured on a 2-core machine with ``wrk -t1 -c16``, 2 workers, it served
-GET /with-auth 3 to 5 times and GET /keys 2.5 to 4 times what gunicorn did with sync,
-gthread or gevent workers, with a lower p99. uWSGI's own HTTP socket looked faster but
-starves keep-alive connections beyond one per worker. One blocking thread per worker: the
-apps are CPU-bound under the GIL, where more threads measured slower.
+Why not granian, gunicorn or uvicorn: see jwt_guide/http/server.py (measured by make bench).
+Before it, granian served GET /with-auth 3 to 5 times what gunicorn did with sync, gthread or
+gevent workers; uWSGI's own HTTP socket starves keep-alive connections beyond one per worker.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import ctypes
 import importlib
 import importlib.util
-import multiprocessing
 import os
 import signal
 import socket
@@ -41,38 +37,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 from typing import NoReturn
-from wsgiref.types import WSGIApplication
 
 from jwt_guide.cli import ArgumentParser, run
 from jwt_guide.config import Config, load_config
 from jwt_guide.errors import JwtGuideError, UsageError
 from jwt_guide.http.devserver import bind_address, listen
+from jwt_guide.http.server import die_with_parent
 
 # The repository: protected_server.py, the guide's step 4.b, is imported from there.
 ROOT = Path(__file__).resolve().parents[2]
 READY_SECONDS = 30.0
 STOP_SECONDS = 10.0
-BLOCKING_THREADS = 1
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-# At most this long for a request's line and headers, counted from the connection's start or
-# the end of the previous response: silent, stalled and idle connections are closed then
-# (SPEC: within 30 s; nginx's client_header_timeout is 60 s, Node's keepAliveTimeout 5 s).
-READ_TIMEOUT_SECONDS = 20
-# What a connection buffers of a request head (granian's default is 408 KiB). Twice the
-# SPEC's 64 KiB: a head up to that size always reaches the app, which answers headers over
-# 64 KiB with its JSON 431. hyper checks the size between reads, so a larger head may get
-# through up to about twice this; beyond, granian answers 431 with an empty body (as for more
-# than 100 header fields, hyper's fixed limit; a request line over 64 KiB gets 414).
-HTTP1_BUFFER_BYTES = 128 * 1024
-# Connections a worker holds at a time (granian's default: half the listen backlog, 512 with
-# 2 workers); more wait in the backlog. With the buffer above, this bounds what hostile heads
-# can make a worker hold: BACKPRESSURE x about 2 x HTTP1_BUFFER_BYTES (64 MiB), measured by
-# make bench.
-BACKPRESSURE = 256
 # make's fatal signals: on these it waits for its children and exits; it passes on only SIGTERM.
 MAKE_FATAL_SIGNALS = (signal.SIGHUP, signal.SIGINT, signal.SIGQUIT, signal.SIGTERM)
 MAKE_NAMES = ("make", "gmake")
-PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+SERVER_LIBRARIES = ("uvloop", "httptools")  # the [serve] extra
 
 
 class Stop(Exception):
@@ -98,65 +78,22 @@ class Server:
 Running = list[tuple[Server, "subprocess.Popen[bytes]"]]
 
 
-def granian_command(target: str, host: str, port: int, workers: int) -> list[str]:
-    """The granian command line that serves the app factory ``target`` (``module:function``)."""
+def server_command(target: str, host: str, port: int, workers: int) -> list[str]:
+    """The command line that serves the app factory ``target`` (``module:function``) with
+    jwt_guide.http.server, whose limits are its own constants."""
     return [
-        sys.executable, "-m", "granian", "--interface", "wsgi", "--factory",
-        "--host", host, "--port", str(port), "--workers", str(workers),
-        "--blocking-threads", str(BLOCKING_THREADS), "--respawn-failed-workers",
-        "--http", "1", "--http1-header-read-timeout", str(READ_TIMEOUT_SECONDS * 1000),
-        "--http1-buffer-size", str(HTTP1_BUFFER_BYTES), "--backpressure", str(BACKPRESSURE),
-        "--no-access-log", "--log-level", "warning", target,
+        sys.executable, "-m", "jwt_guide.http.server", "--factory", "--host", host,
+        "--port", str(port), "--workers", str(workers), target,
     ]  # fmt: skip
-
-
-def die_with_parent(parent: int, signum: int = signal.SIGKILL) -> bool:
-    """Have Linux send this process SIGKILL (or ``signum``) when its parent dies; False if
-    ``parent`` is gone already.
-
-    The standard library has no prctl, hence ctypes. PR_SET_PDEATHSIG fires when the thread
-    that forked us exits: serve.py and granian's main process both fork from their main
-    thread. Checking the parent after the call closes the race of a parent that died before
-    it. Elsewhere than on Linux it does nothing and returns True. Raises OSError if prctl fails.
-    """
-    if not sys.platform.startswith("linux"):
-        return True
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(PR_SET_PDEATHSIG, signum, 0, 0, 0) != 0:
-        errno = ctypes.get_errno()
-        raise OSError(errno, os.strerror(errno))
-    return os.getppid() == parent
-
-
-def _in_worker(factory: str) -> WSGIApplication:
-    # A granian worker is forked by granian's main process, which dies with serve.py (see
-    # start); the worker holds the listening socket, so it must die with its main process.
-    master = multiprocessing.parent_process()
-    if master is not None and master.pid is not None and not die_with_parent(master.pid):
-        os._exit(1)
-    # Imported here, not at the top: serve.py itself never loads the apps.
-    module, function = factory.split(":")
-    app: WSGIApplication = getattr(importlib.import_module(module), function)()
-    return app
-
-
-def jwks_app() -> WSGIApplication:
-    """``jwks_app.create_app()`` in a granian worker that dies with granian's main process."""
-    return _in_worker("jwt_guide.http.jwks_app:create_app")
-
-
-def protected_app() -> WSGIApplication:
-    """``protected_server.create_app()`` in a granian worker that dies with its main process."""
-    return _in_worker("protected_server:create_app")
 
 
 def servers(config: Config) -> list[Server]:
     """The two servers of the guide's step 4, with the guide's banners."""
-    host = bind_address(config.bind_host)  # granian takes an address, not a name
+    host = bind_address(config.bind_host)  # the server takes an address, not a name
     return [
-        Server("JWKS server", "jwt_guide.http.serve:jwks_app", host, config.jwks_port,
+        Server("JWKS server", "jwt_guide.http.jwks_app:create_app", host, config.jwks_port,
                "JWKS_PORT", f"JWKS API is on port {config.jwks_port}"),
-        Server("protected server", "jwt_guide.http.serve:protected_app", host,
+        Server("protected server", "protected_server:create_app", host,
                config.protected_port, "PROTECTED_PORT",
                f"Backend is running on port {config.protected_port}"),
     ]  # fmt: skip
@@ -173,17 +110,20 @@ def _port_in_use(host: str, port: int) -> bool:
 def check(config: Config, planned: Sequence[Server]) -> None:
     """Refuse to start what cannot work; warn about what will answer errors.
 
-    Raises JwtGuideError if granian is missing, the two ports are the same, or a port is taken.
+    Raises JwtGuideError if the server's libraries are missing, the two ports are the same, or
+    a port is taken.
     """
-    if importlib.util.find_spec("granian") is None:
-        raise JwtGuideError("granian is not installed: run make serve (or pip install granian)")
+    missing = [name for name in SERVER_LIBRARIES if importlib.util.find_spec(name) is None]
+    if missing:
+        raise JwtGuideError(f"{' and '.join(missing)} not installed: run make serve "
+                            "(or pip install 'jwt-guide[serve]')")  # fmt: skip
     if config.jwks_port == config.protected_port:
         raise JwtGuideError(f"JWKS_PORT and PROTECTED_PORT are both {config.jwks_port}: change one")
     if not config.public_key_path.exists():  # as jwks_server.py refuses to start
         raise UsageError(f"no public key at {config.public_key_path}: run gen.py first")
     for server in planned:
         # Bound and let go at once: the bind says what is wrong (the host, or a port that
-        # is taken) in one line, where granian would print its tracebacks.
+        # is taken) in one line, before any worker starts.
         listen(server.host, server.port, server.port_variable).close()
 
 
@@ -206,7 +146,7 @@ def start(server: Server, workers: int) -> subprocess.Popen[bytes]:
             os._exit(1)
 
     return subprocess.Popen(  # noqa: S603 (our own interpreter and arguments)
-        granian_command(server.target, server.host, server.port, workers),
+        server_command(server.target, server.host, server.port, workers),
         env=_environment(), start_new_session=True, preexec_fn=before_exec,  # noqa: PLW1509
     )  # fmt: skip
 
@@ -265,9 +205,9 @@ def stop(running: Running) -> None:
     """Stop every server gracefully (SIGTERM), then kill what is left after STOP_SECONDS.
 
     SIGTERM goes to each server's main process only, which stops its own workers: sent to
-    the whole process group, it could end a worker before granian had marked that worker as
-    being stopped, and granian would log "Unexpected exit from worker-N", a second line on
-    Ctrl-C. SIGKILL, at the end, goes to each group (the workers left behind, if any).
+    the whole process group, it could end a worker before its main process knew it was
+    stopping, and the main process would log the worker's exit and start another. SIGKILL,
+    at the end, goes to each group (the workers left behind, if any).
     """
     for _, process in running:
         process.send_signal(signal.SIGTERM)  # a no-op for a process already waited for
@@ -316,7 +256,7 @@ def serve(config: Config) -> int:
         for server, process in running:
             wait_ready(server, process, deadline)
             print(server.banner, flush=True)
-        print(f"{config.server_workers} granian worker(s) per server; Ctrl-C stops both",
+        print(f"{config.server_workers} worker(s) per server; Ctrl-C stops both",
               flush=True)  # fmt: skip
         supervise(running, parent)
     except Stop as e:
@@ -336,8 +276,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m jwt_guide.http.serve",
         description="Serve the JWKS (step 4.a, http://$JWT_BIND_HOST:$JWKS_PORT/keys, default "
         "127.0.0.1:3344) and the protected backend (step 4.b, $PROTECTED_PORT, default 2233) "
-        "under granian, a production WSGI server, with $SERVER_WORKERS workers each (default: "
-        "the number of cores), until Ctrl-C or SIGTERM. Every variable of config.py applies.",
+        "under jwt_guide.http.server, a production WSGI server, with $SERVER_WORKERS workers "
+        "each (default: the number of cores), until Ctrl-C or SIGTERM. Every variable of "
+        "config.py applies.",
     )
 
 

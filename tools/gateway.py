@@ -119,7 +119,8 @@ def plan(config: Config) -> tuple[Server, list[Server], Server, Server]:
     Raises UsageError if ``JWT_BIND_HOST``, where nginx listens, is not an address here.
     """
     jwks = Server("JWKS server", "jwt_guide.http.jwks_app:create_app", INTERNAL_HOST,
-                  config.jwks_port, "JWKS_PORT", f"JWKS API is on port {config.jwks_port}")  # fmt: skip
+                  config.jwks_port, "JWKS_PORT",
+                  f"JWKS API is on port {config.jwks_port}")  # fmt: skip
     instances = []
     for number in range(1, config.gateway_instances + 1):
         port = free_port()  # no variable names it: it was free a moment ago
@@ -138,8 +139,8 @@ def check(config: Config, fixed: Sequence[Server]) -> None:
     """Refuse to start what cannot work, as make serve does.
 
     Raises JwtGuideError if the server's libraries are missing, or a port of ``fixed``
-    (nginx's, the JWKS server's) is taken or the same as the other; UsageError without a key (exit 2, as
-    jwks_server.py) or for a host that is not an address here.
+    (nginx's, the JWKS server's) is taken or the same as the other; UsageError without a key
+    (exit 2, as jwks_server.py) or for a host that is not an address here.
     """
     missing = [name for name in SERVER_LIBRARIES if importlib.util.find_spec(name) is None]
     if missing:

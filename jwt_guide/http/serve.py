@@ -42,6 +42,7 @@ from jwt_guide.cli import ArgumentParser, run
 from jwt_guide.config import Config, load_config
 from jwt_guide.errors import JwtGuideError, UsageError
 from jwt_guide.http.devserver import bind_address, listen
+from jwt_guide.http.server import READ_TIMEOUT_SECONDS as SERVER_READ_TIMEOUT
 from jwt_guide.http.server import die_with_parent
 
 # The repository: protected_server.py, the guide's step 4.b, is imported from there.
@@ -51,6 +52,8 @@ STOP_SECONDS = 10.0
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 # make's fatal signals: on these it waits for its children and exits; it passes on only SIGTERM.
 MAKE_FATAL_SIGNALS = (signal.SIGHUP, signal.SIGINT, signal.SIGQUIT, signal.SIGTERM)
+# Silent, stalled and idle connections are closed after this (SPEC: within 30 s).
+READ_TIMEOUT_SECONDS = SERVER_READ_TIMEOUT
 MAKE_NAMES = ("make", "gmake")
 SERVER_LIBRARIES = ("uvloop", "httptools")  # the [serve] extra
 
@@ -80,10 +83,11 @@ Running = list[tuple[Server, "subprocess.Popen[bytes]"]]
 
 def server_command(target: str, host: str, port: int, workers: int) -> list[str]:
     """The command line that serves the app factory ``target`` (``module:function``) with
-    jwt_guide.http.server, whose limits are its own constants."""
+    jwt_guide.http.server (its other limits are its own constants)."""
     return [
         sys.executable, "-m", "jwt_guide.http.server", "--factory", "--host", host,
-        "--port", str(port), "--workers", str(workers), target,
+        "--port", str(port), "--workers", str(workers),
+        "--read-timeout", str(READ_TIMEOUT_SECONDS), target,
     ]  # fmt: skip
 
 

@@ -53,6 +53,7 @@ import socket
 import sys
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from email.utils import formatdate
 from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import unquote_to_bytes
@@ -165,8 +166,10 @@ class Worker:
     """One worker process's server: the app, the listening socket, the connections."""
 
     def __init__(self, app: WSGIApplication, sock: socket.socket, loop: asyncio.AbstractEventLoop,
-                 balance: Balance | None = None) -> None:  # fmt: skip
+                 balance: Balance | None = None, read_timeout: float = READ_TIMEOUT_SECONDS
+                 ) -> None:  # fmt: skip
         self.app = app
+        self.read_timeout = read_timeout
         self.sock = sock
         self.loop = loop
         self.balance = balance
@@ -310,7 +313,7 @@ class Connection(asyncio.Protocol):
         self.head_reads = 0
         self.busy = False  # answering a request now
         self.closing = False
-        self.deadline = worker.loop.time() + READ_TIMEOUT_SECONDS
+        self.deadline = worker.loop.time() + worker.read_timeout
 
     # asyncio.Protocol
 
@@ -405,7 +408,7 @@ class Connection(asyncio.Protocol):
             self.answer()
         finally:
             self.busy = False
-        self.deadline = self.worker.loop.time() + READ_TIMEOUT_SECONDS
+        self.deadline = self.worker.loop.time() + self.worker.read_timeout
         if self.closing or self.worker.stopping:
             self.close()
 
@@ -562,8 +565,17 @@ def load_app(target: str, factory: bool) -> WSGIApplication:
     return app() if factory else app  # type: ignore[no-any-return]
 
 
-def run_worker(sock: socket.socket, target: str, factory: bool, master: int,
-               balance: Balance | None = None) -> int:
+@dataclass(frozen=True)
+class App:
+    """What the workers serve: ``target`` (``module:attribute``), called if ``factory``."""
+
+    target: str
+    factory: bool = False
+    read_timeout: float = READ_TIMEOUT_SECONDS
+
+
+def run_worker(sock: socket.socket, app_spec: App, master: int, balance: Balance | None = None
+               ) -> int:  # fmt: skip
     """A worker process: build the app, serve until SIGTERM; the exit code."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the main process decides
     if not die_with_parent(master):
@@ -571,13 +583,13 @@ def run_worker(sock: socket.socket, target: str, factory: bool, master: int,
     try:
         import uvloop  # noqa: PLC0415
 
-        app = load_app(target, factory)
-    except Exception as e:
-        log(f"cannot start the app {target}: {e}")
+        app = load_app(app_spec.target, app_spec.factory)
+    except Exception as e:  # one line, no traceback: the app's settings are wrong
+        log(f"cannot start the app {app_spec.target}: {e}")
         return STARTUP_FAILED
     loop = uvloop.new_event_loop()
     asyncio.set_event_loop(loop)
-    worker = Worker(app, sock, loop, balance)
+    worker = Worker(app, sock, loop, balance, app_spec.read_timeout)
     done = loop.create_future()
 
     def stop() -> None:
@@ -594,14 +606,14 @@ def run_worker(sock: socket.socket, target: str, factory: bool, master: int,
     return 0
 
 
-def spawn(sock: socket.socket, target: str, factory: bool, shared: mmap.mmap, slot: int) -> int:
+def spawn(sock: socket.socket, app: App, shared: mmap.mmap, slot: int) -> int:
     """Fork a worker, which keeps its count of connections in ``shared`` at ``slot``; its pid."""
     master = os.getpid()
     pid = os.fork()
     if pid == 0:
         code = 1
         try:
-            code = run_worker(sock, target, factory, master, Balance(shared, slot))
+            code = run_worker(sock, app, master, Balance(shared, slot))
         finally:
             os._exit(code)
     return pid
@@ -615,7 +627,7 @@ def _raise_stop(signum: int, frame: object) -> None:
     raise _Stop
 
 
-def serve(sock: socket.socket, target: str, factory: bool, workers: int) -> int:
+def serve(sock: socket.socket, app: App, workers: int) -> int:
     """The main process: start ``workers`` workers on ``sock``, replace those that die, stop
     them all on SIGTERM, SIGINT or SIGHUP. Returns the exit code: 0 when stopped, 1 when a
     worker could not build the app."""
@@ -627,7 +639,7 @@ def serve(sock: socket.socket, target: str, factory: bool, workers: int) -> int:
     code = 0
     try:
         for slot in range(workers):
-            slots[spawn(sock, target, factory, shared, slot)] = slot
+            slots[spawn(sock, app, shared, slot)] = slot
         while True:
             pid, status = os.wait()
             slot = slots.pop(pid)
@@ -636,7 +648,7 @@ def serve(sock: socket.socket, target: str, factory: bool, workers: int) -> int:
                 break
             log(f"worker {pid} exited ({_how(status)}): starting another")
             time.sleep(RESPAWN_SECONDS)
-            slots[spawn(sock, target, factory, shared, slot)] = slot
+            slots[spawn(sock, app, shared, slot)] = slot
     except _Stop:
         pass
     finally:
@@ -689,6 +701,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--factory", action="store_true", help="call TARGET to get the app")
+    parser.add_argument("--read-timeout", type=float, default=READ_TIMEOUT_SECONDS,
+                        metavar="SECONDS", help="deadline of each request head (default: "
+                        "%(default)s): silent, stalled and idle connections are closed then")
     parser.add_argument("target", help="module:attribute")
     return parser
 
@@ -701,7 +716,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as e:
         log(f"cannot listen on {args.host} port {args.port}: {e.strerror}")
         return 1
-    return serve(sock, args.target, args.factory, max(1, args.workers))
+    return serve(sock, App(args.target, args.factory, args.read_timeout), max(1, args.workers))
 
 
 if __name__ == "__main__":

@@ -39,6 +39,7 @@ from jwt_guide.cli import ArgumentParser, run
 from jwt_guide.config import Config, load_config
 from jwt_guide.errors import JwtGuideError, UsageError
 from jwt_guide.http.devserver import bind_address, listen
+from jwt_guide.http.processes import die_with_parent
 from jwt_guide.http.serve import (
     READY_SECONDS,
     SERVER_LIBRARIES,
@@ -51,7 +52,6 @@ from jwt_guide.http.serve import (
     stop,
     wait_ready,
 )
-from jwt_guide.http.server import die_with_parent
 
 ROOT = Path(__file__).resolve().parent.parent
 TEMPLATE = ROOT / "deploy" / "nginx" / "gateway.conf.template"

@@ -42,8 +42,7 @@ from jwt_guide.cli import ArgumentParser, run
 from jwt_guide.config import Config, load_config
 from jwt_guide.errors import JwtGuideError, UsageError
 from jwt_guide.http.devserver import bind_address, listen
-from jwt_guide.http.server import READ_TIMEOUT_SECONDS as SERVER_READ_TIMEOUT
-from jwt_guide.http.server import die_with_parent
+from jwt_guide.http.processes import die_with_parent
 
 # The repository: protected_server.py, the guide's step 4.b, is imported from there.
 ROOT = Path(__file__).resolve().parents[2]
@@ -53,7 +52,7 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 # make's fatal signals: on these it waits for its children and exits; it passes on only SIGTERM.
 MAKE_FATAL_SIGNALS = (signal.SIGHUP, signal.SIGINT, signal.SIGQUIT, signal.SIGTERM)
 # Silent, stalled and idle connections are closed after this (SPEC: within 30 s).
-READ_TIMEOUT_SECONDS = SERVER_READ_TIMEOUT
+READ_TIMEOUT_SECONDS = 20
 MAKE_NAMES = ("make", "gmake")
 SERVER_LIBRARIES = ("uvloop", "httptools")  # the [serve] extra
 

@@ -58,6 +58,12 @@ from email.utils import formatdate
 from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import unquote_to_bytes
 
+import httptools
+import uvloop
+
+from jwt_guide.http.limits import HEADER_BYTES_KEY
+from jwt_guide.http.processes import die_with_parent
+
 if TYPE_CHECKING:
     from _typeshed.wsgi import WSGIApplication
 
@@ -79,7 +85,6 @@ BACKLOG = 1024
 STOP_SECONDS = 5.0
 RESPAWN_SECONDS = 1.0
 STARTUP_FAILED = 3  # a worker's exit code when the app cannot be built: no respawn then
-PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 # RFC 9110 hop-by-hop fields, which a WSGI app must not send (PEP 3333): the server decides them.
 HOP_BY_HOP = frozenset({"connection", "keep-alive", "transfer-encoding", "upgrade",
@@ -298,8 +303,6 @@ class Connection(asyncio.Protocol):
     """One client connection: parse requests as they arrive, answer each in order."""
 
     def __init__(self, worker: Worker) -> None:
-        import httptools  # noqa: PLC0415 (only the workers need it)
-
         self.worker = worker
         self.parser = httptools.HttpRequestParser(self)
         self.transport: asyncio.Transport | None = None
@@ -358,8 +361,6 @@ class Connection(asyncio.Protocol):
         else:  # counted whole, though a head may start only at the end of this read
             self.head_bytes = len(data)
             self.head_reads = 1
-        import httptools  # noqa: PLC0415
-
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -453,7 +454,9 @@ class Connection(asyncio.Protocol):
         environ["PATH_INFO"] = path.decode("latin-1")
         environ["QUERY_STRING"] = query.decode("latin-1")
         header_key = self.worker.header_key
+        size = 0
         for name, value in self.headers:
+            size += len(name) + len(value)
             key = header_key(name)
             if key is None:
                 continue
@@ -462,6 +465,7 @@ class Connection(asyncio.Protocol):
                 text = environ[key] + ("; " if key == "HTTP_COOKIE" else ",") + text
             environ[key] = text
         environ["wsgi.input"] = io.BytesIO(b"".join(self.body)) if self.body else _NO_INPUT
+        environ[HEADER_BYTES_KEY] = size  # for the apps' HeaderLimit: counted here
         return environ
 
     def call_app(self, environ: dict[str, Any]) -> tuple[int, bytes, bool, bytes]:
@@ -525,8 +529,6 @@ class _Refused(Exception):
 
 
 def _path_of(target: bytes) -> bytes:
-    import httptools  # noqa: PLC0415
-
     if target == b"*":
         return b"*"
     try:
@@ -536,26 +538,6 @@ def _path_of(target: bytes) -> bytes:
 
 
 # Processes
-
-
-def die_with_parent(parent: int, signum: int = signal.SIGKILL) -> bool:
-    """Have Linux send this process SIGKILL (or ``signum``) when its parent dies; False if
-    ``parent`` is gone already.
-
-    The standard library has no prctl, hence ctypes. PR_SET_PDEATHSIG fires when the thread
-    that forked us exits: make serve and the server's main process both fork from their main
-    thread. Checking the parent after the call closes the race of a parent that died before
-    it. Elsewhere than on Linux it does nothing and returns True. Raises OSError if prctl fails.
-    """
-    if not sys.platform.startswith("linux"):
-        return True
-    import ctypes  # noqa: PLC0415
-
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(PR_SET_PDEATHSIG, signum, 0, 0, 0) != 0:
-        error = ctypes.get_errno()
-        raise OSError(error, os.strerror(error))
-    return os.getppid() == parent
 
 
 def load_app(target: str, factory: bool) -> WSGIApplication:
@@ -581,8 +563,6 @@ def run_worker(sock: socket.socket, app_spec: App, master: int, balance: Balance
     if not die_with_parent(master):
         return 1
     try:
-        import uvloop  # noqa: PLC0415
-
         app = load_app(app_spec.target, app_spec.factory)
     except Exception as e:  # one line, no traceback: the app's settings are wrong
         log(f"cannot start the app {app_spec.target}: {e}")

@@ -55,7 +55,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from email.utils import formatdate
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, NamedTuple, cast
 from urllib.parse import unquote_to_bytes
 
 import httptools
@@ -92,25 +92,34 @@ HOP_BY_HOP = frozenset({"connection", "keep-alive", "transfer-encoding", "upgrad
 _CONTROL = re.compile("[\r\n\0]")
 _NO_BODY = frozenset({204, 304})
 _METHODS = {m.encode(): m for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH")}
-_NO_INPUT = io.BufferedReader(io.BytesIO(b""))  # wsgi.input without a body: read-only, empty
 MAX_HEADS = 256
+# Requests a client may pipeline beyond the answers it has not read; then it is closed.
+MAX_WAITING = 64
 
 
-def _json_answer(status: int, reason: str, error: str, description: str) -> bytes:
+class Refusal(NamedTuple):
+    """An error answer of the server itself: its head, without ``Date`` (added when sent), and
+    its JSON body."""
+
+    head: bytes
+    body: bytes
+
+
+def _refusal(status: int, reason: str, error: str, description: str) -> Refusal:
     body = json.dumps({"error": error, "error_description": description}).encode()
     head = (f"HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n")  # fmt: skip
-    return head.encode() + body
+            f"Content-Length: {len(body)}\r\nConnection: close")  # fmt: skip
+    return Refusal(head.encode(), body)
 
 
-BAD_REQUEST = _json_answer(400, "Bad Request", "invalid_request", "malformed HTTP request")
-TOO_LARGE = _json_answer(413, "Content Too Large", "invalid_request",
-                         f"request body over {MAX_BODY_BYTES} bytes")  # fmt: skip
-URI_TOO_LONG = _json_answer(414, "URI Too Long", "invalid_request",
-                            f"request target over {MAX_TARGET_BYTES} bytes")  # fmt: skip
-HEAD_TOO_LARGE = _json_answer(431, "Request Header Fields Too Large", "invalid_request",
-                              f"request head over {MAX_HEAD_BYTES} bytes")  # fmt: skip
-SERVER_ERROR = _json_answer(500, "Internal Server Error", "server_error", "internal error")
+BAD_REQUEST = _refusal(400, "Bad Request", "invalid_request", "malformed HTTP request")
+TOO_LARGE = _refusal(413, "Content Too Large", "invalid_request",
+                     f"request body over {MAX_BODY_BYTES} bytes")  # fmt: skip
+URI_TOO_LONG = _refusal(414, "URI Too Long", "invalid_request",
+                        f"request target over {MAX_TARGET_BYTES} bytes")  # fmt: skip
+HEAD_TOO_LARGE = _refusal(431, "Request Header Fields Too Large", "invalid_request",
+                          f"request head over {MAX_HEAD_BYTES} bytes")  # fmt: skip
+SERVER_ERROR = _refusal(500, "Internal Server Error", "server_error", "internal error")
 
 
 def log(message: str) -> None:
@@ -179,6 +188,7 @@ class Worker:
         self.loop = loop
         self.balance = balance
         self.connections: set[Connection] = set()
+        self.tasks: set[asyncio.Task[None]] = set()
         self.accepting = False
         self.deferred = False  # left the waiting connection to another worker once already
         self.stopping = False
@@ -259,7 +269,9 @@ class Worker:
             balance.hold(len(self.connections))
         if len(self.connections) >= MAX_CONNECTIONS:
             self.pause()
-        self.loop.create_task(self._connect(conn, connection))
+        task = self.loop.create_task(self._connect(conn, connection))
+        self.tasks.add(task)  # the loop holds tasks weakly (asyncio's create_task docs)
+        task.add_done_callback(self.tasks.discard)
 
     async def _connect(self, conn: socket.socket, connection: Connection) -> None:
         try:
@@ -292,11 +304,23 @@ class Worker:
         self.loop.call_later(SWEEP_SECONDS, self._sweep)
 
     def stop(self) -> None:
-        """Stop accepting; close idle connections now and the others after their answer."""
+        """Stop accepting, and close every connection once what was written to it is sent
+        (answers are made whole, one at a time: none is half made when this runs)."""
         self.stopping = True
         self.pause()
         for connection in list(self.connections):
-            connection.stop()
+            connection.close()
+
+
+class Request(NamedTuple):
+    """A whole request as parsed, until it is answered."""
+
+    method: bytes
+    version: str
+    keep_alive: bool
+    target: bytes
+    headers: list[tuple[bytes, bytes]]
+    body: list[bytes]
 
 
 class Connection(asyncio.Protocol):
@@ -307,14 +331,22 @@ class Connection(asyncio.Protocol):
         self.parser = httptools.HttpRequestParser(self)
         self.transport: asyncio.Transport | None = None
         self.environ: dict[str, Any] = {}
+        # The request being parsed.
         self.target = b""
         self.headers: list[tuple[bytes, bytes]] = []
         self.body: list[bytes] = []
-        self.head_bytes = 0
+        self.head_bytes = 0  # of its target and header fields so far
         self.body_bytes = 0
-        self.mid_head = False  # a request's line and headers have begun, not yet ended
-        self.head_reads = 0
-        self.busy = False  # answering a request now
+        self.mid_head = False  # its line and headers have begun, not yet ended
+        # What the parser may hold of a header line not yet whole: the bytes and reads fed
+        # since the last piece it handed over (the rest of the read that held that piece is
+        # not counted: at most one read more).
+        self.pending_bytes = 0
+        self.pending_reads = 0
+        self.handed_over = False  # a piece was handed over in the current read
+        # Requests parsed while the client was not reading its answers, answered once it does.
+        self.waiting: list[Request] = []
+        self.write_paused = False
         self.closing = False
         self.deadline = worker.loop.time() + worker.read_timeout
 
@@ -336,37 +368,43 @@ class Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         """Forget the connection."""
         self.closing = True
+        self.waiting.clear()
         self.worker.closed(self)
 
     def pause_writing(self) -> None:
-        """The client does not read its answers: stop reading its requests."""
+        """The client does not read its answers: stop reading its requests, and keep those
+        already read for later (see on_message_complete)."""
+        self.write_paused = True
         if self.transport is not None and not self.closing:
             self.transport.pause_reading()
 
     def resume_writing(self) -> None:
-        """The client read its answers: read its requests again."""
-        if self.transport is not None and not self.closing:
+        """The client read its answers: answer what waits, then read on."""
+        self.write_paused = False
+        while self.waiting and not self.write_paused and not self.closing:
+            self.answer(self.waiting.pop(0))
+        if self.transport is not None and not self.closing and not self.write_paused:
             self.transport.resume_reading()
 
     def data_received(self, data: bytes) -> None:
         """Feed the parser; it calls on_... below, and ``answer`` for each whole request."""
         if self.closing:
             return  # reading on only to close cleanly (see refuse)
-        if self.mid_head:  # the parser holds the start of a head from the reads before
-            self.head_bytes += len(data)
-            self.head_reads += 1
-            if self.head_bytes > MAX_HEAD_BYTES or self.head_reads > MAX_HEAD_READS:
-                self.refuse(HEAD_TOO_LARGE if self.head_bytes > MAX_HEAD_BYTES else BAD_REQUEST)
-                return
-        else:  # counted whole, though a head may start only at the end of this read
-            self.head_bytes = len(data)
-            self.head_reads = 1
+        self.handed_over = False
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
             self.close()  # answered as HTTP/1.1 in on_message_complete, the rest not parsed
-        except httptools.HttpParserError:
-            if not self.closing:
+            return
+        except httptools.HttpParserError:  # also what a callback raised (_Refused)
+            self.refuse(BAD_REQUEST)  # unless refused already
+            return
+        if self.mid_head and not self.handed_over:  # all of it went into one header line
+            self.pending_bytes += len(data)
+            self.pending_reads += 1
+            if self.pending_bytes > MAX_HEAD_BYTES:
+                self.refuse(HEAD_TOO_LARGE)
+            elif self.pending_reads > MAX_HEAD_READS:
                 self.refuse(BAD_REQUEST)
 
     # httptools' callbacks
@@ -377,21 +415,30 @@ class Connection(asyncio.Protocol):
         self.target = b""
         self.headers = []
         self.body = []
-        self.body_bytes = 0
+        self.head_bytes = self.body_bytes = self.pending_bytes = self.pending_reads = 0
+        self.handed_over = True
 
     def on_url(self, url: bytes) -> None:
         """A piece of the request target."""
         self.target += url
+        self.pending_bytes = self.pending_reads = 0
+        self.handed_over = True
         if len(self.target) > MAX_TARGET_BYTES:
             self.refuse(URI_TOO_LONG)
             raise _Refused
 
     def on_header(self, name: bytes, value: bytes) -> None:
         """A header line (httptools joins its pieces)."""
+        self.head_bytes += len(name) + len(value)
+        self.pending_bytes = self.pending_reads = 0
+        self.handed_over = True
+        if self.head_bytes > MAX_HEAD_BYTES:
+            self.refuse(HEAD_TOO_LARGE)
+            raise _Refused
         self.headers.append((name, value))
 
     def on_headers_complete(self) -> None:
-        """The head is whole: what follows no longer counts against the head limits."""
+        """The head is whole."""
         self.mid_head = False
 
     def on_body(self, body: bytes) -> None:
@@ -403,59 +450,67 @@ class Connection(asyncio.Protocol):
         self.body.append(body)
 
     def on_message_complete(self) -> None:
-        """A whole request: answer it."""
-        self.busy = True
-        try:
-            self.answer()
-        finally:
-            self.busy = False
-        self.deadline = self.worker.loop.time() + self.worker.read_timeout
-        if self.closing or self.worker.stopping:
-            self.close()
+        """A whole request: answer it, unless the client is not reading its answers."""
+        if self.closing:  # after the answer to a request that closes the connection
+            raise _Refused
+        parser = self.parser
+        request = Request(parser.get_method(), parser.get_http_version(),
+                          parser.should_keep_alive() and not parser.should_upgrade(),
+                          self.target, self.headers, self.body)  # fmt: skip
+        if self.write_paused or self.waiting:
+            # Answering now would hold every answer in memory: wait for resume_writing. The
+            # client pipelined more than this without reading any answer: close.
+            self.waiting.append(request)
+            if len(self.waiting) > MAX_WAITING:
+                self.expire()
+                raise _Refused
+            return
+        self.answer(request)
 
     # Answers
 
-    def answer(self) -> None:
-        """Call the app with the request's environ and write its answer (a 500 if it fails)."""
-        parser = self.parser
-        environ = self.request_environ()
-        keep_alive = parser.should_keep_alive() and not parser.should_upgrade()
-        if not keep_alive:
-            self.closing = True
+    def answer(self, request: Request) -> None:
+        """Call the app with the request's environ and write its answer (a 500 if it fails);
+        close after it if the request asks so (or the worker stops)."""
+        environ = self.request_environ(request)
         try:
             code, head, has_length, body = self.call_app(environ)
         except Exception as e:  # any failure of the app is a 500, and one line in the log
-            log(f"the app failed: {type(e).__name__}: {e}")
+            # Its type only: the message could quote the request (a token, say).
+            log(f"the app failed: {type(e).__name__} (answered 500)")
             self.refuse(SERVER_ERROR)
             return
         extra = self.worker.date
         if not has_length and code >= 200 and code not in _NO_BODY:
             extra += b"\r\nContent-Length: " + str(len(body)).encode()
-        if not keep_alive:
+        if not request.keep_alive:
             extra += b"\r\nConnection: close"
-        elif environ["SERVER_PROTOCOL"] == "HTTP/1.0":
+        elif request.version == "1.0":
             extra += b"\r\nConnection: keep-alive"
         if code < 200 or code in _NO_BODY or environ["REQUEST_METHOD"] == "HEAD":
             body = b""
         self.transport.write(head + extra + b"\r\n\r\n" + body)  # type: ignore[union-attr]
+        self.deadline = self.worker.loop.time() + self.worker.read_timeout
+        if not request.keep_alive or self.worker.stopping:
+            self.close()
 
-    def request_environ(self) -> dict[str, Any]:
-        """The WSGI environ of the request just parsed (PEP 3333)."""
-        parser = self.parser
+    def request_environ(self, request: Request) -> dict[str, Any]:
+        """The WSGI environ of ``request`` (PEP 3333)."""
         environ = self.environ.copy()
-        raw_method = parser.get_method()
-        environ["REQUEST_METHOD"] = _METHODS.get(raw_method) or raw_method.decode("latin-1")
-        environ["SERVER_PROTOCOL"] = "HTTP/" + parser.get_http_version()
-        path, _, query = self.target.partition(b"?")
+        method = request.method
+        environ["REQUEST_METHOD"] = _METHODS.get(method) or method.decode("latin-1")
+        environ["SERVER_PROTOCOL"] = "HTTP/" + request.version
+        target = request.target
+        path, _, query = target.partition(b"?")
         if not path.startswith(b"/"):  # absolute form (http://host/path) or OPTIONS *
-            path = _path_of(self.target)
+            path = _path_of(target)
         if b"%" in path:
             path = unquote_to_bytes(path)
         environ["PATH_INFO"] = path.decode("latin-1")
         environ["QUERY_STRING"] = query.decode("latin-1")
         header_key = self.worker.header_key
         size = 0
-        for name, value in self.headers:
+        for name, value in request.headers:
             size += len(name) + len(value)
             key = header_key(name)
             if key is None:
@@ -464,7 +519,7 @@ class Connection(asyncio.Protocol):
             if key in environ and key.startswith("HTTP_"):  # a repeated header: one value
                 text = environ[key] + ("; " if key == "HTTP_COOKIE" else ",") + text
             environ[key] = text
-        environ["wsgi.input"] = io.BytesIO(b"".join(self.body)) if self.body else _NO_INPUT
+        environ["wsgi.input"] = io.BytesIO(b"".join(request.body)) if request.body else NO_BODY
         environ[HEADER_BYTES_KEY] = size  # for the apps' HeaderLimit: counted here
         return environ
 
@@ -494,13 +549,14 @@ class Connection(asyncio.Protocol):
             raise RuntimeError("the app returned without calling start_response")
         return *self.worker.head(*started), b"".join(chunks)
 
-    def refuse(self, answer: bytes) -> None:
+    def refuse(self, refusal: Refusal) -> None:
         """Write an error answer and close: stop parsing, read on (so that the close sends
         no reset that could lose the answer) until the client closes or LINGER_SECONDS."""
         if self.closing or self.transport is None:
             return
         self.closing = True
-        self.transport.write(answer)
+        self.waiting.clear()
+        self.transport.write(refusal.head + self.worker.date + b"\r\n\r\n" + refusal.body)
         with contextlib.suppress(OSError, RuntimeError):
             if self.transport.can_write_eof():
                 self.transport.write_eof()
@@ -509,23 +565,39 @@ class Connection(asyncio.Protocol):
     def close(self) -> None:
         """Close once what is written has been sent."""
         self.closing = True
+        self.waiting.clear()
         if self.transport is not None:
             self.transport.close()
 
     def expire(self) -> None:
         """Past the deadline: close at once, unsent answers included."""
         self.closing = True
+        self.waiting.clear()
         if self.transport is not None:
             self.transport.abort()
-
-    def stop(self) -> None:
-        """The worker stops: close now if idle, otherwise after the answer being made."""
-        if not self.busy:
-            self.close()
 
 
 class _Refused(Exception):
     """Raised in a parser callback to stop parsing once the request is refused."""
+
+
+class _NoBody(io.RawIOBase):
+    """``wsgi.input`` of every request without a body: always empty, never closed (an app
+    closing it must not break the next request that shares it), no state."""
+
+    def readable(self) -> bool:
+        """It is read from."""
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        """Nothing to read."""
+        return 0
+
+    def close(self) -> None:
+        """Shared: stays open."""
+
+
+NO_BODY = _NoBody()
 
 
 def _path_of(target: bytes) -> bytes:
@@ -556,16 +628,26 @@ class App:
     read_timeout: float = READ_TIMEOUT_SECONDS
 
 
-def run_worker(sock: socket.socket, app_spec: App, master: int, balance: Balance | None = None
-               ) -> int:  # fmt: skip
-    """A worker process: build the app, serve until SIGTERM; the exit code."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the main process decides
+def run_worker(sock: socket.socket, app_spec: App, master: int, balance: Balance | None = None,
+               report: int | None = None) -> int:  # fmt: skip
+    """A worker process: build the app, serve until SIGTERM; the exit code. Why the app cannot
+    be built is written to the file descriptor ``report`` (the main process says it once,
+    whichever workers fail), or logged without one."""
+    # The main process's handlers are inherited: until the loop sets its own, SIGTERM ends
+    # the worker, and Ctrl-C is for the main process to decide.
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     if not die_with_parent(master):
         return 1
     try:
         app = load_app(app_spec.target, app_spec.factory)
     except Exception as e:  # one line, no traceback: the app's settings are wrong
-        log(f"cannot start the app {app_spec.target}: {e}")
+        reason = f"cannot start the app {app_spec.target}: {type(e).__name__}: {e}"
+        if report is None:
+            log(reason)
+        else:
+            os.write(report, reason.encode("utf-8", "replace")[:1000] + b"\n")
         return STARTUP_FAILED
     loop = uvloop.new_event_loop()
     asyncio.set_event_loop(loop)
@@ -586,14 +668,15 @@ def run_worker(sock: socket.socket, app_spec: App, master: int, balance: Balance
     return 0
 
 
-def spawn(sock: socket.socket, app: App, shared: mmap.mmap, slot: int) -> int:
-    """Fork a worker, which keeps its count of connections in ``shared`` at ``slot``; its pid."""
+def spawn(sock: socket.socket, app: App, shared: mmap.mmap, slot: int, report: int) -> int:
+    """Fork a worker, which keeps its count of connections in ``shared`` at ``slot`` and writes
+    why it cannot start to ``report``; its pid."""
     master = os.getpid()
     pid = os.fork()
     if pid == 0:
         code = 1
         try:
-            code = run_worker(sock, app, master, Balance(shared, slot))
+            code = run_worker(sock, app, master, Balance(shared, slot), report)
         finally:
             os._exit(code)
     return pid
@@ -615,26 +698,32 @@ def serve(sock: socket.socket, app: App, workers: int) -> int:
     for s in stop_signals:
         signal.signal(s, _raise_stop)
     shared = mmap.mmap(-1, 8 * workers)  # anonymous and shared: seen by every worker forked
+    reports, report = os.pipe()
+    os.set_blocking(reports, False)
     slots: dict[int, int] = {}  # pid -> slot
     code = 0
     try:
         for slot in range(workers):
-            slots[spawn(sock, app, shared, slot)] = slot
+            slots[spawn(sock, app, shared, slot, report)] = slot
         while True:
             pid, status = os.wait()
             slot = slots.pop(pid)
             if os.WIFEXITED(status) and os.WEXITSTATUS(status) == STARTUP_FAILED:
+                with contextlib.suppress(BlockingIOError):
+                    log(os.read(reports, 4096).decode("utf-8", "replace").splitlines()[0])
                 code = 1
                 break
             log(f"worker {pid} exited ({_how(status)}): starting another")
             time.sleep(RESPAWN_SECONDS)
-            slots[spawn(sock, app, shared, slot)] = slot
+            slots[spawn(sock, app, shared, slot, report)] = slot
     except _Stop:
         pass
     finally:
         for s in stop_signals:
             signal.signal(s, signal.SIG_IGN)
         _stop_workers(set(slots))
+        os.close(reports)
+        os.close(report)
     return code
 
 

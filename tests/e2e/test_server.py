@@ -2,8 +2,7 @@
 free port, spoken to with real sockets (raw bytes where the bytes matter).
 
 One server (one worker, the default read timeout) serves most tests; the deadline, process
-and balance checks start their own. A check that fails because of a bug of the server is
-marked xfail(strict=True) with the bug in its reason, not worked around.
+and balance checks start their own.
 """
 
 from __future__ import annotations
@@ -354,12 +353,6 @@ def test_fifty_pipelined_requests_are_answered_in_order(server: Served) -> None:
             assert seen["body"] == (f"body-{i}" if i % 3 == 1 else "")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: the head limits count bytes and reads across requests: Connection.data_received "
-    "resets head_bytes/head_reads only when a read starts between two requests, so a "
-    "pipelined stream whose reads keep ending inside a head adds up all of them: 1,000 "
-    "pipelined requests of 999 bytes in one write get 128 answers, then a 431 'request head "
-    "over 131072 bytes' and the close"))  # fmt: skip
 def test_a_long_pipelined_stream_of_small_heads_is_all_answered(server: Served) -> None:
     count = 1000
     request = get(b"/hello", b"X-Pad: " + b"p" * 950)  # about 1,000 bytes, far below 128 KiB
@@ -432,10 +425,6 @@ def test_answers_carry_a_current_date(server: Served) -> None:
     assert abs(sent - time.time()) < 5  # the server renews it every second
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: the server's own refusals (400, 413, 414, 431, and the 500) carry no Date header "
-    "(_json_answer builds them once, at import); RFC 9110 6.6.1: an origin server with a "
-    "clock MUST send Date in every 2xx, 3xx and 4xx answer"))  # fmt: skip
 def test_refusals_carry_a_date(server: Served) -> None:
     answer = raw_exchange(server.port, b"garbage\r\n\r\n")
     assert answer.status == 400
@@ -513,14 +502,9 @@ def test_absolute_form_target_gives_its_path(
 
 # --- 5. the app failing ---------------------------------------------------------------------
 
-BUG_500_CLOSE = pytest.mark.xfail(strict=True, reason=(
-    "BUG: with 'Connection: close' (or HTTP/1.0 without keep-alive) an app failure gets no "
-    "answer at all: Connection.answer sets self.closing before calling the app, then "
-    "refuse(SERVER_ERROR) returns at once because closing is set; the client sees the "
-    "connection closed with 0 bytes instead of the JSON 500"))  # fmt: skip
 
 
-@pytest.mark.parametrize("connection", [b"keep-alive", pytest.param(b"close", marks=BUG_500_CLOSE)])
+@pytest.mark.parametrize("connection", [b"keep-alive", b"close"])
 @pytest.mark.parametrize("path", [b"/raise", b"/inject"])
 def test_app_failure_is_a_json_500_and_one_log_line(
     server: Served, path: bytes, connection: bytes
@@ -562,10 +546,6 @@ def test_second_start_response_with_exc_info_replaces_the_answer(server: Served)
     assert answer.body == b"replaced"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: every request without a body gets the same wsgi.input object (_NO_INPUT, one per "
-    "process): once an app closes it, each later bodiless request of that worker whose app "
-    "reads wsgi.input fails ('ValueError: read of closed file'), a 500 for good"))  # fmt: skip
 def test_an_app_closing_wsgi_input_does_not_break_later_requests(launch: Launch) -> None:
     served = launch()
     assert requests.get(f"{served.base}/close-input", timeout=TIMEOUT).text == "closed"
@@ -777,11 +757,6 @@ def test_stalled_connections_are_closed_on_the_read_timeout(launch: Launch) -> N
 # --- 8. backpressure ------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: pause_reading stops only the next reads: the requests of one read are all answered "
-    "at once (httptools.feed_data loops over them), so N pipelined GET /big in one write put "
-    "N MiB in the transport's buffer (400 requests, 16 KB: VmRSS +400 MiB), against "
-    "the docstring's 'at most WRITE_BUFFER_BYTES of answers are held'"))  # fmt: skip
 def test_client_not_reading_big_answers_does_not_grow_the_worker(server: Served) -> None:
     assert len(BIG) == MIB
     worker = int(requests.get(f"{server.base}/pid", timeout=TIMEOUT).text)
@@ -888,13 +863,6 @@ def test_sigkill_of_main_takes_the_workers_down_and_frees_the_port(launch: Launc
         again.listen()
 
 
-BUG_ONE_LINE_PER_WORKER = pytest.mark.xfail(strict=True, reason=(
-    "BUG: with --workers 2, two lines: each worker logs its own 'cannot start the app'. "
-    "Here the second worker is still importing when the first fails and the main process "
-    "SIGTERMs it: the SIGTERM handler it inherited from the main process raises "
-    "_Stop in the import, run_worker's 'except Exception' catches it and logs a second line "
-    "with an empty reason ('server: cannot start the app tests.e2e.server_app:app: '). With "
-    "a fast import, both workers usually log the real reason (two identical lines)"))  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -918,7 +886,7 @@ FAILING_IMPORT = Unbuildable(APP, f"{FAIL_AT_IMPORT} is set", failing_import=Tru
      (Unbuildable("tests.e2e.no_such_module:app", "No module named 'tests.e2e.no_such_module'"),
       1),
      (Unbuildable("tests.e2e.server_app:no_such_app", "has no attribute 'no_such_app'"), 1),
-     pytest.param(FAILING_IMPORT, 2, marks=BUG_ONE_LINE_PER_WORKER)],
+     (FAILING_IMPORT, 2)],
     ids=["import-raises", "factory-raises", "no-module", "no-attribute",
          "import-raises-2-workers"],
 )  # fmt: skip

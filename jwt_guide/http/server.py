@@ -570,11 +570,17 @@ class Connection(asyncio.Protocol):
             self.transport.close()
 
     def expire(self) -> None:
-        """Past the deadline: close at once, unsent answers included."""
+        """Past the deadline: close at once; an idle connection with a FIN (a proxy keeping
+        it for its next request sees it closed), any other with a reset, unsent answers
+        included."""
         self.closing = True
         self.waiting.clear()
-        if self.transport is not None:
+        if self.transport is None:
+            return
+        if self.mid_head or self.transport.get_write_buffer_size():
             self.transport.abort()
+        else:
+            self.transport.close()
 
 
 class _Refused(Exception):

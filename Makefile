@@ -1,7 +1,7 @@
 # The guide's yarn scripts as make targets. Every target installs .venv on first use, with
 # only what it runs: the runtime dependencies for the guide's steps and the demo, the test
-# tools for test/lint, granian for serve/bench. Every target honours the environment
-# variables of SPEC.md (JWT_KEYS_DIR, JWKS_PORT, PROTECTED_PORT...).
+# tools for test/lint, uvloop and httptools for serve/gateway/bench. Every target honours the
+# environment variables of SPEC.md (JWT_KEYS_DIR, JWKS_PORT, PROTECTED_PORT...).
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python

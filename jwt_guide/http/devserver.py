@@ -3,7 +3,7 @@
 werkzeug's threaded server, with what SPEC.md's serving limits need from an HTTP server
 (the apps hold the rest, see jwt_guide.http.limits): a deadline for reading each request,
 JSON answers and one escaped log line for malformed requests, and a bound on connections
-below the descriptor limit. ``make serve`` runs the same apps under granian instead.
+below the descriptor limit. ``make serve`` runs the same apps under jwt_guide.http.server.
 """
 
 from __future__ import annotations
@@ -64,7 +64,7 @@ _PROTOCOL_ERRORS = {
     414: f"request line longer than {MAX_REQUEST_LINE} bytes",
     431: f"request headers over {MAX_HEADER_BYTES} bytes in all, or over 100 header fields",
 }
-# As granian (hyper) does: any other version, or a control character, is a 400.
+# As llhttp (make serve's parser) does: any other version, or a control character, is a 400.
 _HTTP1 = re.compile(r"HTTP/1\.[0-9]")
 _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 _OUT_OF_DESCRIPTORS = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
@@ -272,7 +272,7 @@ def connection_limit() -> int:
 
 def bind_address(host: str) -> str:
     """The numeric address ``host`` (a name or an address) binds, as servers that take only
-    addresses (granian) need it.
+    addresses (make serve's) need it.
 
     Raises UsageError naming JWT_BIND_HOST if the name does not resolve.
     """

@@ -179,7 +179,7 @@ class KeySetMiddleware:
         built = self._headers
         if built[0] != etag:
             built = self._headers = (etag, *document_headers(body, etag, self.cache_control))
-        # The lists are shared by every answer: neither granian nor werkzeug changes them.
+        # The lists are shared by every answer: no WSGI server we run changes them.
         if etag_matches(environ.get("HTTP_IF_NONE_MATCH"), etag):
             start_response("304 Not Modified", built[2])
             return [b""]

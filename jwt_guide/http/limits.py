@@ -50,13 +50,15 @@ def header_bytes(
 
 class HeaderLimit:
     """WSGI middleware: 431 with a JSON body when the request headers exceed ``limit`` bytes in
-    all. HTTP servers bound each header line (and granian the whole head); this holds the
+    all. HTTP servers bound each header line (and make serve's the whole head); this holds the
     README's 64 KiB whatever server runs the app, before any view or the key set answer.
 
-    Most of a request's environ is not headers: granian copies the whole process environment
-    into each one. The keys that are neither ``HTTP_...`` nor ``CONTENT_...`` are the server's
-    (a client names only headers), so they are learnt from the requests and skipped with one
-    set difference, which costs a third of looking at every key (measured by make bench).
+    A server that counts the header bytes as it parses them (make serve's) passes the count
+    in ``environ[HEADER_BYTES_KEY]``. Otherwise they are added up here; most of an environ may
+    not be headers (granian copies the whole process environment into each one). The keys
+    that are neither ``HTTP_...`` nor ``CONTENT_...`` are the server's (a client names only
+    headers), so they are learnt from the requests and skipped with one set difference,
+    which costs a third of looking at every key.
     """
 
     def __init__(self, app: WSGIApplication, limit: int = MAX_HEADER_BYTES) -> None:

@@ -73,8 +73,7 @@ class Gateway:
             pytest.fail(f"the gateway did not stop:\n{self.output()}")
         output = self.output()
         assert code == (130 if signum == signal.SIGINT else 0), output
-        # One line, whatever the servers do while stopping (granian's "Unexpected exit from
-        # worker-1" included).
+        # One line, whatever the servers do while stopping.
         assert output[len(before):] == "Stopping the gateway\n", output
         assert "Traceback" not in output
         self.assert_gone()

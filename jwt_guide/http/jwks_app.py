@@ -31,6 +31,7 @@ from jwt_guide.http.discovery import DISCOVERY_PATH, DiscoveryDocument
 from jwt_guide.http.errors import add_json_errors
 from jwt_guide.http.limits import apply_serving_limits
 from jwt_guide.keystore import KEYRING_FILE, KeyRecord, file_stamps, read_keyring
+from jwt_guide.watch import FolderWatch
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
@@ -91,18 +92,25 @@ class JwksCache:
         self._built: _Built | None = None
         # Joined once: pathlib's joining costs more than the stat calls themselves.
         self._paths = [os.path.join(keys_dir, name) for name in WATCHED_FILES]
+        # The files are looked at (stat) only when the folder may have changed.
+        self._watch = FolderWatch(keys_dir)
 
     def _current(self) -> _Built:
-        signature = file_stamps(self._paths)
-        built = self._built
-        if built is None or built.stamps != signature:
-            with self._lock:
+        # Under the lock: a thread that finds nothing new must not pass one that is still
+        # rebuilding after a change it saw (the development server has a thread per request).
+        with self._lock:
+            built = self._built
+            if built is not None and not self._watch.changed():
+                return built
+            signature = file_stamps(self._paths)
+            if built is None or built.stamps != signature:
+                self._built = None  # until rebuilt: a key set that cannot be is not served
                 key_set = build_jwks(self.keys_dir, self.default_kid)
                 body = json.dumps(key_set).encode()
                 algorithms = tuple(published_algorithms(key_set))
                 built = _Built(signature, body, hashlib.sha256(body).hexdigest()[:32], algorithms)
                 self._built = built
-        return built
+            return built
 
     def get(self) -> tuple[bytes, str]:
         """The key set as JSON bytes and its ETag; raises JwtGuideError if there is no key."""

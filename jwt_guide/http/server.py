@@ -2,37 +2,42 @@
 per worker process, as Node.js serves (fastify included).
 
 Why not granian, or uvicorn: on a 2-core machine, with ``wrk -t1 -c16`` and 2 workers, a
-hello-world WSGI app served about 60,000 requests a second under granian and an ASGI one
-about 70,000 under uvicorn, slower than fastify answering ``/with-auth`` with a JWT check
-(about 72,000). granian hands each request from its Rust I/O thread to a Python thread (two
+hello-world WSGI app served 54,000 to 69,000 requests a second under granian and an ASGI one
+66,000 to 72,000 under uvicorn, about what fastify serves answering ``/with-auth`` with a
+JWT check. granian hands each request from its Rust I/O thread to a Python thread (two
 threads per worker, switching on every request) and builds an environ holding the whole
-process environment; uvicorn builds an ASGI scope, a task and two coroutines per request. Here
-one thread per worker parses (llhttp, through httptools: the parser of Node.js), calls the app
-and writes the answer, with nothing per request but the environ and the answer's bytes: the
-same hello-world app measured about 160,000 a second. What is written here is only what those
-two libraries leave to a server: connections, limits and deadlines, the WSGI call, workers.
+process environment; uvicorn builds an ASGI scope, a task and two coroutines per request.
+Here one thread per worker parses (llhttp, through httptools: the parser of Node.js), calls
+the app and writes the answer, with nothing per request but the environ and the answer's
+bytes: the same hello-world app measured 70,000 to 116,000 a second. What is written here is
+only what those two libraries leave to a server: connections, limits and deadlines, the WSGI
+call, the workers (measured by make bench; README, "Performance").
 
 The app runs in the event loop's thread, one request at a time per worker, as under granian
 with one blocking thread: an app that waits (a JWKS fetch on a cold cache, up to its 5 s
-timeout) holds its worker's other connections meanwhile.
+timeout) holds its worker's other connections meanwhile. An answer is made whole before it
+is written (the apps' bodies are small), so its Content-Length is always known.
 
 Limits (SPEC.md, "Serving limits"), all per connection unless said otherwise:
 
 - HTTP/1.1 and 1.0 only: no HTTP/2, no upgrade (a request asking for one is answered as
   HTTP/1.1, then the connection is closed);
-- a request head (line and headers) over MAX_HEAD_BYTES gets 431 with a JSON body; the app's
-  own HeaderLimit answers headers over 64 KiB in all, so every head up to this reaches it;
-  a request target over MAX_TARGET_BYTES gets 414; a body over MAX_BODY_BYTES gets 413
-  (our apps take none); a malformed request gets 400; each with a JSON body, then the
-  connection is closed;
+- a request target over MAX_TARGET_BYTES gets 414; a head whose target and header fields
+  add up to more than MAX_HEAD_BYTES gets 431 (the app's own HeaderLimit answers headers
+  over 64 KiB in all, so every head up to this reaches it); a header line that arrives in
+  more than MAX_HEAD_READS reads gets 400; a body over MAX_BODY_BYTES gets 413 (our apps take
+  none); a malformed request gets 400: each a JSON answer, then the connection is closed;
+- header names with ``_`` are not passed to the app; repeated headers are joined;
 - a request must arrive whole within READ_TIMEOUT_SECONDS of the connection's start or of
   the previous answer: silent, stalled, dripping and idle connections are closed then;
 - a client that does not read its answers is not read from either (at most WRITE_BUFFER_BYTES
-  of answers are held for it), and is closed on the same deadline;
+  of answers are held for it, and MAX_WAITING requests already read), and is closed on the
+  same deadline;
 - at most MAX_CONNECTIONS connections per worker; more wait in the listen backlog.
 
 The main process binds the socket, starts the workers (each dies with it, even on SIGKILL),
-starts a new one when one dies, and stops them all on SIGTERM, SIGINT or SIGHUP.
+spreads connections evenly over them (Balance), starts a new one when one dies, and stops
+them all on SIGTERM, SIGINT or SIGHUP.
 """
 
 from __future__ import annotations
@@ -158,8 +163,8 @@ class Balance:
     """The connections each worker holds, in memory shared by the workers, so that they
     spread evenly. Node's cluster module has its main process hand connections out in turn
     for the same reason: a keep-alive connection stays with the worker that accepted it, and
-    with workers that all wait on one socket, a few take most of them (with wrk's 16
-    connections, 12 and 4 were seen), leaving a core idle while the other is saturated.
+    with workers that all wait on one socket, one often takes most of them (13 to 16 of
+    wrk's 16 were seen), leaving a core idle when requests cost CPU.
     """
 
     def __init__(self, shared: mmap.mmap, slot: int) -> None:
@@ -284,7 +289,9 @@ class Worker:
         # Accept again; the connection left to the others is taken here if still waiting (a
         # worker busy for longer than ACCEPT_DEFER_SECONDS does not hold it up).
         self.start()
-        self.deferred = bool(select.select([self.sock], [], [], 0)[0])
+        waiting = select.poll()
+        waiting.register(self.sock, select.POLLIN)
+        self.deferred = bool(waiting.poll(0))
 
     def closed(self, connection: Connection) -> None:
         """``connection`` is gone: accept again if it was holding the last place."""
@@ -508,11 +515,13 @@ class Connection(asyncio.Protocol):
             path = unquote_to_bytes(path)
         environ["PATH_INFO"] = path.decode("latin-1")
         environ["QUERY_STRING"] = query.decode("latin-1")
-        header_key = self.worker.header_key
+        keys = self.worker.header_keys
         size = 0
         for name, value in request.headers:
             size += len(name) + len(value)
-            key = header_key(name)
+            key = keys.get(name, "")
+            if key == "":
+                key = self.worker.header_key(name)
             if key is None:
                 continue
             text = value.decode("latin-1")
@@ -540,11 +549,15 @@ class Connection(asyncio.Protocol):
             return chunks.append
 
         result = self.worker.app(environ, start_response)
-        try:
+        if type(result) is list:  # most answers: nothing to close (hasattr costs a raise)
             chunks.extend(result)
-        finally:
-            if hasattr(result, "close"):
-                result.close()
+        else:
+            try:
+                chunks.extend(result)
+            finally:
+                close = getattr(result, "close", None)
+                if close is not None:
+                    close()
         if not started:
             raise RuntimeError("the app returned without calling start_response")
         return *self.worker.head(*started), b"".join(chunks)

@@ -758,7 +758,10 @@ def _stop_workers(pids: set[int]) -> None:
             os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + STOP_SECONDS + 1
     while pids and time.monotonic() < deadline:
-        pid, _ = os.waitpid(-1, os.WNOHANG)
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:  # none left
+            return
         if pid:
             pids.discard(pid)
         else:

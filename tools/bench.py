@@ -673,7 +673,8 @@ class Memory:
 
 def memory_rows(m: Memory) -> list[Row]:
     """The protected server's RSS per worker, and the bound make serve's limits set."""
-    held = server.MAX_CONNECTIONS * 2 * server.MAX_HEAD_BYTES / 2**20
+    per_connection = server.MAX_HEAD_BYTES + server.FEED_BYTES
+    held = server.MAX_CONNECTIONS * per_connection / 2**20
     cache = m.cache_size * m.entry_bytes / 2**20
     bound = m.idle + cache + held
     return [
@@ -682,7 +683,7 @@ def memory_rows(m: Memory) -> list[Row]:
             None, None),
         Row("  with hostile heads on every connection", f"{m.hostile:.1f} "
             f"({m.hostile_mib_sent:.0f} MiB held)", f"bound {m.idle:.0f} + {cache:.1f} + "
-            f"{server.MAX_CONNECTIONS} x 2 x {server.MAX_HEAD_BYTES // 1024} KiB = {bound:.0f}",
+            f"{server.MAX_CONNECTIONS} x {per_connection // 1024} KiB = {bound:.0f}",
             None, None),
     ]  # fmt: skip
 

@@ -78,6 +78,9 @@ MAX_HEAD_BYTES = 128 * 1024  # twice the SPEC's 64 KiB of headers, which the app
 # 1,448 bytes takes 46.
 MAX_HEAD_READS = 128
 MAX_TARGET_BYTES = 8 * 1024  # as Node.js and nginx's default large_client_header_buffers
+# The parser is fed at most this at a time (uvloop reads up to 250 KB): what a head can make a
+# connection hold between reads is then MAX_HEAD_BYTES + FEED_BYTES.
+FEED_BYTES = 64 * 1024
 MAX_BODY_BYTES = 64 * 1024
 READ_TIMEOUT_SECONDS = 20.0  # SPEC: within 30 s; nginx's client_header_timeout is 60 s
 LINGER_SECONDS = 2.0  # after an error answer, for the client to read it before the close
@@ -395,6 +398,18 @@ class Connection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         """Feed the parser; it calls on_... below, and ``answer`` for each whole request."""
+        if len(data) <= FEED_BYTES:
+            self.feed(data)
+            return
+        view = memoryview(data)  # a large read, in slices: see feed
+        for start in range(0, len(data), FEED_BYTES):
+            self.feed(view[start:start + FEED_BYTES])
+
+    def feed(self, data: bytes | memoryview) -> None:
+        """Feed the parser ``data`` (at most FEED_BYTES), then bound what it may hold of a
+        header line not yet whole: after a slice in which it handed nothing over, that line
+        holds all of it, and the head so far is head_bytes + pending_bytes, give or take the
+        end of the slice before (at most FEED_BYTES)."""
         if self.closing:
             return  # reading on only to close cleanly (see refuse)
         self.handed_over = False
@@ -409,7 +424,7 @@ class Connection(asyncio.Protocol):
         if self.mid_head and not self.handed_over:  # all of it went into one header line
             self.pending_bytes += len(data)
             self.pending_reads += 1
-            if self.pending_bytes > MAX_HEAD_BYTES:
+            if self.head_bytes + self.pending_bytes > MAX_HEAD_BYTES:
                 self.refuse(HEAD_TOO_LARGE)
             elif self.pending_reads > MAX_HEAD_READS:
                 self.refuse(BAD_REQUEST)

@@ -13,7 +13,10 @@ What inotify cannot see, and the safety net for it: a change outside the folder 
 in it leads to (the folder itself a symlink that is swapped, a key file that is a symlink to a
 file edited elsewhere). ``changed`` therefore also says True at least every
 ``RECHECK_SECONDS``, and always where inotify cannot be had (not Linux, the watch limit
-reached, the folder missing or gone), which is the plain ``stat`` on every request.
+reached, the folder missing or gone), which is the plain ``stat`` on every request. The
+recheck also watches anew when the path leads to another folder than the one watched (a
+swapped symlink, a renamed parent folder): otherwise every later change in the folder served
+would be seen only at a recheck.
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ class FolderWatch:
         self.folder = folder
         self.clock = clock
         self.fd: int | None = None
+        self.watched: tuple[int, int] | None = None  # st_dev and st_ino of the folder watched
         self.pid = os.getpid()
         self.next_recheck = 0.0  # the first call says True
         self._watch()
@@ -53,6 +57,10 @@ class FolderWatch:
     def _watch(self) -> None:
         if not sys.platform.startswith("linux"):
             return
+        # Before the watch: a swap between the two is then seen as a change at the recheck.
+        identity = self._identity()
+        if identity is None:
+            return  # no folder: stat every time
         libc = ctypes.CDLL(None, use_errno=True)
         fd = libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
         if fd < 0:
@@ -61,6 +69,14 @@ class FolderWatch:
             os.close(fd)  # no folder, or the limit of watches: stat every time
             return
         self.fd = fd
+        self.watched = identity
+
+    def _identity(self) -> tuple[int, int] | None:
+        try:
+            st = os.stat(self.folder)
+        except OSError:
+            return None
+        return st.st_dev, st.st_ino
 
     def changed(self) -> bool:
         """Whether the folder may have changed since the previous call."""
@@ -77,6 +93,8 @@ class FolderWatch:
         now = self.clock()
         if now >= self.next_recheck:
             self.next_recheck = now + RECHECK_SECONDS
+            if self.fd is not None and self._identity() != self.watched:
+                self.close()  # the path leads to another folder now: watch that one
             if self.fd is None:
                 self._watch()  # the folder may be back (or was made since)
             self._drain()  # what is queued is covered by this answer

@@ -117,6 +117,37 @@ def test_a_swapped_folder_symlink_is_seen_at_the_recheck(tmp_path: Path) -> None
 
 
 @linux_only
+@pytest.mark.parametrize("swap", ["symlink", "parent renamed"])
+def test_after_a_swap_changes_in_the_new_folder_are_seen_at_once(tmp_path: Path, swap: str) -> None:
+    """Once the recheck has seen the path lead to another folder, that folder is watched:
+    a change in it (gen.py --promote, say) is seen on the next look, not a second later."""
+    for name in ("v1", "v2"):
+        (tmp_path / name / "keys").mkdir(parents=True)
+    if swap == "symlink":
+        (tmp_path / "current").symlink_to("v1")
+    else:
+        (tmp_path / "v1").rename(tmp_path / "current")
+    path = tmp_path / "current" / "keys"
+    clock = FakeClock()
+    watched = FolderWatch(path, clock)
+    assert watched.changed()
+    if swap == "symlink":
+        (tmp_path / "current.tmp").symlink_to("v2")
+        os.replace(tmp_path / "current.tmp", tmp_path / "current")
+    else:
+        (tmp_path / "current").rename(tmp_path / "old")
+        (tmp_path / "v2").rename(tmp_path / "current")
+    clock.advance(watch.RECHECK_SECONDS)
+    assert watched.changed()  # the recheck sees the other folder...
+    assert not watched.changed()
+    _create(path)
+    assert watched.changed()  # ...and watches it from then on
+    assert not watched.changed()
+    _create(tmp_path / "old" / "keys" if swap != "symlink" else tmp_path / "v1" / "keys")
+    assert not watched.changed()  # the folder no longer served is not watched
+
+
+@linux_only
 def test_a_forked_child_watches_with_a_queue_of_its_own(folder: Path) -> None:
     watched = FolderWatch(folder, FakeClock())
     assert watched.changed()

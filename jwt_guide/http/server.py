@@ -582,8 +582,12 @@ class Connection(asyncio.Protocol):
         no reset that could lose the answer) until the client closes or LINGER_SECONDS."""
         if self.closing or self.transport is None:
             return
+        if self.waiting:
+            # Requests read before this one are still unanswered: its refusal written now
+            # would be taken for the answer to the first of them. Close without one.
+            self.expire()
+            return
         self.closing = True
-        self.waiting.clear()
         self.transport.write(refusal.head + self.worker.date + b"\r\n\r\n" + refusal.body)
         with contextlib.suppress(OSError, RuntimeError):
             if self.transport.can_write_eof():

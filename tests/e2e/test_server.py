@@ -11,6 +11,7 @@ import contextlib
 import json
 import math
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -773,6 +774,25 @@ def test_client_not_reading_big_answers_does_not_grow_the_worker(server: Served)
             peak = max(peak, _rss_mib(worker))
             time.sleep(0.05)
     assert peak - before < 300, f"worker VmRSS grew by {peak - before:.0f} MiB"
+
+
+def test_a_refusal_behind_unanswered_requests_is_never_taken_for_their_answer(
+    server: Served,
+) -> None:
+    """The client does not read while 30 answers of 1 MiB are due, then sends a malformed
+    request: a 400 then would be read as the answer to the first request still waiting."""
+    with socket.socket() as client:
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        client.settimeout(TIMEOUT)
+        client.connect(("127.0.0.1", server.port))
+        client.sendall(get(b"/big") * 30 + b"GET / HTTP/1.1\r\nX: a\x01\r\n\r\n")
+        time.sleep(0.5)  # the server reads all of it while its answers wait
+        received = b""
+        with contextlib.suppress(OSError):
+            while chunk := client.recv(1 << 20):
+                received += chunk
+    statuses = [int(s) for s in re.findall(rb"HTTP/1\.1 (\d{3}) ", received)]
+    assert statuses.count(400) == 0 or statuses[:30] == [200] * 30, statuses
 
 
 # --- 9. processes ---------------------------------------------------------------------------

@@ -342,11 +342,13 @@ def test_each_refusal_keeps_status_challenge_and_body(
                           timeout=TIMEOUT)  # fmt: skip
     assert through.status_code == direct.status_code
     assert through.status_code in {400, 401}
+    # The same challenge and body but for the seconds an expiry description counts ("exp
+    # passed 5s ago"), which may differ by one between the two requests.
     challenges = through.raw.headers.getlist("WWW-Authenticate")
-    assert challenges == [direct.headers["WWW-Authenticate"]]
+    assert [re.sub(r"\d+", "N", c) for c in challenges] == [
+        re.sub(r"\d+", "N", direct.headers["WWW-Authenticate"])
+    ]
     assert through.headers["Content-Type"] == "application/json"
-    # The same body but for the seconds an expiry description counts ("exp passed 5s ago"),
-    # which may differ by one between the two requests.
     assert without_numbers(through.json()) == without_numbers(direct.json())
 
 

@@ -24,7 +24,7 @@ import requests
 
 from jwt_guide.http import serve
 from jwt_guide.http.server import MAX_CONNECTIONS, MAX_HEAD_BYTES
-from tests.helpers import ROOT, assert_clean_error, free_port, run_script, script_env
+from tests.helpers import ROOT, assert_clean_error, free_port, process_alive, run_script, script_env
 
 pytestmark = pytest.mark.e2e
 
@@ -61,14 +61,6 @@ def _descendants(pid: int) -> list[int]:
         found += children
         todo += children
     return found
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
 
 
 def _accepts(port: int) -> bool:
@@ -118,7 +110,7 @@ class Serve:
                 self.process.kill()
                 self.process.wait(5)
         for pid in self.seen:
-            if _alive(pid):
+            if process_alive(pid):
                 os.kill(pid, signal.SIGKILL)
 
 
@@ -197,7 +189,7 @@ def test_serve_runs_the_guide_and_stops_on_sigterm(
 
 def _assert_all_gone(server: Serve, seconds: float = 10) -> None:
     deadline = time.monotonic() + seconds
-    while any(_alive(pid) for pid in server.seen) or any(map(_accepts, server.ports)):
+    while any(process_alive(pid) for pid in server.seen) or any(map(_accepts, server.ports)):
         assert time.monotonic() < deadline, "server processes outlived the supervisor"
         time.sleep(0.05)
 
@@ -240,7 +232,7 @@ def test_stop_sends_sigterm_to_the_main_process_only(tmp_path: Path) -> None:
     serve.stop([(server, process)])
     assert process.returncode == 0
     deadline = time.monotonic() + 10
-    while _alive(worker):
+    while process_alive(worker):
         assert time.monotonic() < deadline, "the worker outlived stop()"
         time.sleep(0.01)
     assert marker.read_text() == str(worker)  # killed, never sent SIGTERM
@@ -275,7 +267,7 @@ def test_sigint_to_make_alone_stops_make_serve(start_serve: ServeFactory) -> Non
     assert "Stopping both servers\n" in text
     assert "Error 130" in text  # make's own line: the supervisor exited 130
     assert_clean_error(text)
-    assert not _alive(serve_py)
+    assert not process_alive(serve_py)
     _assert_all_gone(server)
 
 

@@ -38,6 +38,7 @@ from tests.helpers import (
     free_port,
     get,
     padding,
+    process_alive,
     raw_exchange,
     script_env,
 )
@@ -65,14 +66,6 @@ def _children(pid: int) -> set[int]:
             if fields[0] != "Z" and int(fields[1]) == pid:
                 found.add(int(entry.name))
     return found
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
 
 
 def _rss_mib(pid: int) -> float:
@@ -150,7 +143,7 @@ class Served:
                 self.process.kill()
                 self.process.wait(5)
         for pid in self.seen:
-            if _alive(pid):
+            if process_alive(pid):
                 os.kill(pid, signal.SIGKILL)
 
 
@@ -861,7 +854,7 @@ def test_sigterm_stops_main_and_workers_with_exit_0(launch: Launch) -> None:
         assert served.process.wait(WAIT + 5) == 0
         assert busy.answer().body == b"slept"  # the answer being made was finished
         assert idle.rest() == b""
-    _wait_for(lambda: not any(map(_alive, workers)), "workers outlived the main process")
+    _wait_for(lambda: not any(map(process_alive, workers)), "workers outlived the main process")
     assert _port_refuses(served.port)
     assert_clean_error(served.output())
 
@@ -874,7 +867,8 @@ def test_sigkill_of_main_takes_the_workers_down_and_frees_the_port(launch: Launc
         assert held.answer().body == b"hello"
         served.process.kill()
         served.process.wait(WAIT)
-        _wait_for(lambda: not any(map(_alive, workers)), "workers outlived a SIGKILL of main")
+        _wait_for(lambda: not any(map(process_alive, workers)),
+                  "workers outlived a SIGKILL of main")
         assert held.rest() == b""
     assert _port_refuses(served.port)
     with socket.socket() as again:  # a new server can listen on it

@@ -172,6 +172,23 @@ def process_alive(pid: int) -> bool:
     return state != "Z"
 
 
+def stop_with_leftovers(
+    process: subprocess.Popen[Any], leftovers: set[int], seconds: float
+) -> None:
+    """SIGTERM ``process`` (SIGKILL after ``seconds``), then SIGKILL every pid of
+    ``leftovers`` still alive: the workers a server may leave behind."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(seconds)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(5)
+    for pid in leftovers:
+        if process_alive(pid):
+            os.kill(pid, signal.SIGKILL)
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that was free a moment ago."""
     with socket.socket() as s:

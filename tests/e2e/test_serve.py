@@ -7,7 +7,6 @@ from __future__ import annotations
 import contextlib
 import itertools
 import json
-import os
 import shutil
 import signal
 import socket
@@ -24,7 +23,15 @@ import requests
 
 from jwt_guide.http import serve
 from jwt_guide.http.server import MAX_CONNECTIONS, MAX_HEAD_BYTES
-from tests.helpers import ROOT, assert_clean_error, free_port, process_alive, run_script, script_env
+from tests.helpers import (
+    ROOT,
+    assert_clean_error,
+    free_port,
+    process_alive,
+    run_script,
+    script_env,
+    stop_with_leftovers,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -103,15 +110,7 @@ class Serve:
         """Stop it if it still runs, then kill (by pid) any server process it left behind."""
         if self.process.poll() is None:
             self.seen.update(_descendants(self.process.pid))
-            self.process.terminate()
-            try:
-                self.process.wait(20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(5)
-        for pid in self.seen:
-            if process_alive(pid):
-                os.kill(pid, signal.SIGKILL)
+        stop_with_leftovers(self.process, self.seen, 20)
 
 
 ServeFactory = Callable[..., Serve]

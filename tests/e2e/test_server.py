@@ -41,6 +41,7 @@ from tests.helpers import (
     process_alive,
     raw_exchange,
     script_env,
+    stop_with_leftovers,
 )
 
 pytestmark = pytest.mark.e2e
@@ -136,15 +137,7 @@ class Served:
         """SIGTERM, then SIGKILL; then SIGKILL any worker of it still alive (by pid)."""
         if self.process.poll() is None:
             self.workers()
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(5)
-        for pid in self.seen:
-            if process_alive(pid):
-                os.kill(pid, signal.SIGKILL)
+        stop_with_leftovers(self.process, self.seen, 10)
 
 
 def _server_env(**extra: str) -> dict[str, str]:
